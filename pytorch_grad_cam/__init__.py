@@ -1,0 +1,27 @@
+"""gradcam: Class Activation Map methods for PyTorch (import name ``pytorch_grad_cam``)."""
+
+from pytorch_grad_cam.base_cam import BaseCAM
+from pytorch_grad_cam.eigen_cam import EigenCAM
+from pytorch_grad_cam.eigen_grad_cam import EigenGradCAM
+from pytorch_grad_cam.grad_cam import GradCAM
+from pytorch_grad_cam.grad_cam_elementwise import GradCAMElementWise
+from pytorch_grad_cam.grad_cam_plusplus import GradCAMPlusPlus
+from pytorch_grad_cam.guided_backprop import GuidedBackpropReLUModel
+from pytorch_grad_cam.hirescam import HiResCAM
+from pytorch_grad_cam.layer_cam import LayerCAM
+from pytorch_grad_cam.xgrad_cam import XGradCAM
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BaseCAM",
+    "EigenCAM",
+    "EigenGradCAM",
+    "GradCAM",
+    "GradCAMElementWise",
+    "GradCAMPlusPlus",
+    "GuidedBackpropReLUModel",
+    "HiResCAM",
+    "LayerCAM",
+    "XGradCAM",
+]

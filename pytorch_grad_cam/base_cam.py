@@ -1,0 +1,488 @@
+"""BaseCAM: the pipeline every CAM method shares; a method supplies only its weighting.
+
+One call runs, in torch on the model's device:
+
+    model output -> targets -> per-layer weights (the method) -> weighted activations
+    -> channel sum, or first principal component (eigen_smooth) -> ReLU
+    -> resize to the input's spatial size -> per-image [0, 1] scaling -> mean over layers
+
+The user's model is left as it was found: hooks exist only during a call, the
+modules' train/eval flags are restored, gradients are taken with
+``torch.autograd.grad`` with respect to the activations only, so no parameter's
+``.grad`` is touched.
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from collections.abc import MutableMapping, Sequence
+from contextlib import contextmanager
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import ttach
+from torch import nn
+
+from pytorch_grad_cam.activations_and_gradients import LayerRecorder
+from pytorch_grad_cam.utils.maps import first_principal_component, resize_maps, scale_to_unit_range
+from pytorch_grad_cam.utils.model_outputs import OutputSelector, select_output
+from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+ReshapeTransform = Callable[[torch.Tensor], torch.Tensor]
+Target = Callable[[Any], torch.Tensor]
+
+
+def default_tta_transforms() -> ttach.Compose:
+    """Horizontal flip x multiply by 0.9 / 1.0 / 1.1: six passes."""
+    return ttach.Compose([ttach.HorizontalFlip(), ttach.Multiply(factors=[0.9, 1.0, 1.1])])
+
+
+class BaseCAM:
+    """Class activation maps for ``target_layers`` of ``model``.
+
+    Args:
+        model: any ``nn.Module``. It is never modified; during a call it runs in eval
+            mode and its previous train/eval flags are restored afterwards.
+        target_layers: list of submodules of ``model``; their maps are averaged.
+        reshape_transform: maps a layer's output (and its gradient) to
+            ``B x C x H x W`` or ``B x C x D x H x W``, e.g. for ViT token sequences.
+        tta_transforms: a ``ttach.Compose`` used by ``aug_smooth=True`` instead of the
+            default (horizontal flip x multiply by 0.9 / 1.0 / 1.1).
+        output_selector: which part of the model's output holds the scores, when the
+            model returns a tuple, dict or ``ModelOutput`` and the default rule (a
+            ``.logits`` attribute, a ``"logits"`` / ``"out"`` key, the first tensor of a
+            tuple) does not fit: a key or attribute name, a tuple index, or a callable.
+
+    Deprecated spellings ``target_layer=module`` and ``use_cuda=`` are accepted with a
+    ``DeprecationWarning``; the computation runs wherever the model's parameters are.
+    """
+
+    #: Whether the method needs the gradients of the target score.
+    uses_gradients: bool = True
+    #: Whether the map is always the first principal component (EigenCAM, EigenGradCAM).
+    uses_principal_component: bool = False
+
+    def __init__(
+        self,
+        model: nn.Module,
+        target_layers: Sequence[nn.Module] | None = None,
+        reshape_transform: ReshapeTransform | None = None,
+        tta_transforms: ttach.Compose | None = None,
+        output_selector: OutputSelector = None,
+        *,
+        target_layer: nn.Module | None = None,
+        use_cuda: bool | None = None,
+    ) -> None:
+        if isinstance(reshape_transform, bool):
+            # The seeds' era signature was GradCAM(model, target_layer, use_cuda, ...).
+            use_cuda, reshape_transform = reshape_transform, None
+        if use_cuda is not None:
+            _deprecated(
+                "use_cuda= is no longer needed: the CAM runs on the device of the model's "
+                "parameters; move the model with model.to('cuda') instead."
+            )
+        if target_layer is not None:
+            if target_layers is not None:
+                raise TypeError("Pass target_layers=[...] or target_layer=..., not both.")
+            _deprecated("target_layer=module is deprecated; use target_layers=[module].")
+            target_layers = [target_layer]
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}.")
+        if reshape_transform is not None and not callable(reshape_transform):
+            raise TypeError(
+                "reshape_transform must be a callable taking a layer's output tensor, got "
+                f"{type(reshape_transform).__name__}."
+            )
+        self.model = model
+        self.target_layers = _check_target_layers(model, target_layers)
+        self.reshape_transform = reshape_transform
+        self.tta_transforms = (
+            tta_transforms if tta_transforms is not None else default_tta_transforms()
+        )
+        self.output_selector = output_selector
+        self.outputs: Any = None
+
+    # ----------------------------------------------------------------- the method's part
+    def get_cam_weights(
+        self, activations: torch.Tensor, gradients: torch.Tensor | None
+    ) -> torch.Tensor:
+        """Weights for one layer, broadcastable to ``activations`` (``B x C x *spatial``).
+
+        Channel weights have shape ``B x C x 1 x 1`` (or ``x 1`` more for 3-D); element-wise
+        weights have the activations' shape. Both inputs are float32.
+        """
+        raise NotImplementedError
+
+    def weighted_activations(
+        self, activations: torch.Tensor, gradients: torch.Tensor | None
+    ) -> torch.Tensor:
+        """``weights * activations``; methods that do more than weight override this."""
+        return self.get_cam_weights(activations, gradients) * activations
+
+    # ----------------------------------------------------------------- the public call
+    def __call__(
+        self,
+        input_tensor: torch.Tensor,
+        targets: Sequence[Target] | None = None,
+        aug_smooth: bool = False,
+        eigen_smooth: bool = False,
+        *,
+        scale: bool = True,
+        as_tensor: bool = False,
+        target_category: Any = None,
+    ) -> np.ndarray | torch.Tensor:
+        """One map per image of ``input_tensor`` (``B x C x H x W`` or ``B x C x D x H x W``).
+
+        Args:
+            targets: one callable per image mapping that image's model output to the
+                score to explain (see ``pytorch_grad_cam.utils.model_targets``), or
+                ``None`` for each image's top-scoring class.
+            aug_smooth: average the maps over test-time augmentations (``tta_transforms``).
+            eigen_smooth: use the first principal component of the weighted
+                activations instead of their channel sum.
+            scale: scale each map to [0, 1] (default). ``scale=False`` returns the raw
+                maps (after ReLU and resizing, averaged over layers).
+            as_tensor: return a float32 ``torch.Tensor`` on the model's device instead of
+                a numpy array.
+            target_category: deprecated; ``None``, an int for every image, or one int
+                per image. Use ``targets=[ClassifierOutputTarget(c), ...]``.
+
+        Returns:
+            float32 maps of shape ``B x H x W`` (or ``B x D x H x W``).
+        """
+        if _looks_like_categories(targets):
+            target_category, targets = targets, None
+        if target_category is not None:
+            if targets is not None:
+                raise TypeError("Pass targets=[...] or target_category=..., not both.")
+            _deprecated(
+                "target_category= is deprecated; pass "
+                "targets=[ClassifierOutputTarget(category), ...], one per image."
+            )
+        input_tensor = _check_input(input_tensor, self.model)
+        batch_size = input_tensor.shape[0]
+        targets = (
+            _categories_to_targets(target_category, batch_size) if targets is None else targets
+        )
+        if targets is not None:
+            targets = _check_targets(targets, batch_size)
+
+        with _model_in_eval_mode(self.model):
+            if aug_smooth:
+                maps = self._augmented_maps(input_tensor, targets, eigen_smooth, scale)
+            else:
+                maps = self._maps(input_tensor, targets, eigen_smooth, scale)
+        return maps if as_tensor else maps.cpu().numpy()
+
+    # ----------------------------------------------------------------- the pipeline
+    def _maps(
+        self,
+        input_tensor: torch.Tensor,
+        targets: Sequence[Target] | None,
+        eigen_smooth: bool,
+        scale: bool,
+    ) -> torch.Tensor:
+        """One pass: ``B x *spatial`` maps at the input's size, averaged over layers."""
+        activations, gradients = self._activations_and_gradients(input_tensor, targets)
+        size = input_tensor.shape[2:]
+        layer_maps = []
+        for index, (layer_activations, layer_gradients) in enumerate(zip(activations, gradients)):
+            layer_map = self._layer_map(layer_activations, layer_gradients, eigen_smooth)
+            _check_spatial_rank(index, layer_map, size)
+            layer_map = resize_maps(layer_map, size)
+            layer_maps.append(scale_to_unit_range(layer_map) if scale else layer_map)
+        return torch.stack(layer_maps).mean(dim=0)
+
+    def _layer_map(
+        self,
+        activations: torch.Tensor,
+        gradients: torch.Tensor | None,
+        eigen_smooth: bool,
+    ) -> torch.Tensor:
+        weighted = self.weighted_activations(activations, gradients)
+        if eigen_smooth or self.uses_principal_component:
+            reduced = first_principal_component(weighted)
+        else:
+            reduced = weighted.sum(dim=1)
+        return torch.relu(reduced)
+
+    def _activations_and_gradients(
+        self, input_tensor: torch.Tensor, targets: Sequence[Target] | None
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor | None]]:
+        """Run the model once; return float32 activations and gradients per target layer."""
+        with LayerRecorder(self.target_layers, self.uses_gradients) as recorder:
+            with torch.no_grad():
+                # Autograd is switched on by the first target layer's hook.
+                output = self.model(input_tensor)
+                scores = self._target_scores(output, targets) if self.uses_gradients else None
+            self.outputs = _detached(output)
+        raw_activations = _check_reached(recorder.outputs, self.target_layers)
+        if self.uses_gradients:
+            raw_gradients = _gradients(scores, raw_activations)
+        else:
+            raw_gradients = [None] * len(raw_activations)
+        activations = [self._reshape(i, a) for i, a in enumerate(raw_activations)]
+        gradients = [
+            None if g is None else self._reshape(i, g) for i, g in enumerate(raw_gradients)
+        ]
+        return activations, gradients
+
+    def _target_scores(self, output: Any, targets: Sequence[Target] | None) -> torch.Tensor:
+        """The sum over images of each image's target score (images are independent)."""
+        with torch.enable_grad():
+            if targets is None:
+                scores = select_output(output, self.output_selector)
+                if scores.ndim != 2:
+                    raise ValueError(
+                        f"targets=None picks each image's top class, which needs scores of "
+                        f"shape B x K; the model's output has shape {tuple(scores.shape)}. "
+                        "Pass targets=[...] (one per image) from "
+                        "pytorch_grad_cam.utils.model_targets."
+                    )
+                top_class = scores.detach().argmax(dim=1, keepdim=True)
+                return scores.gather(1, top_class).sum()
+            per_image = _per_image_outputs(output, self.output_selector)
+            return sum(target(item).sum() for target, item in zip(targets, per_image))
+
+    def _reshape(self, index: int, tensor: torch.Tensor) -> torch.Tensor:
+        original_shape = tuple(tensor.shape)
+        if self.reshape_transform is not None:
+            tensor = self.reshape_transform(tensor)
+        if tensor.ndim not in (4, 5):
+            layer = type(self.target_layers[index]).__name__
+            if self.reshape_transform is None:
+                raise ValueError(
+                    f"target_layers[{index}] ({layer}) outputs a tensor of shape "
+                    f"{original_shape}, but CAM methods need B x C x H x W (or "
+                    "B x C x D x H x W) activations. For a transformer, pass a "
+                    "reshape_transform: pytorch_grad_cam.utils.reshape_transforms."
+                    "vit_reshape_transform for ViT / DeiT tokens (B x 1+H*W x C), "
+                    "swinT_reshape_transform for Swin (B x H*W x C)."
+                )
+            raise ValueError(
+                f"reshape_transform turned the output of target_layers[{index}] ({layer}), "
+                f"of shape {original_shape}, into shape {tuple(tensor.shape)}; it must "
+                "return B x C x H x W or B x C x D x H x W."
+            )
+        return tensor.detach().float()
+
+    def _augmented_maps(
+        self,
+        input_tensor: torch.Tensor,
+        targets: Sequence[Target] | None,
+        eigen_smooth: bool,
+        scale: bool,
+    ) -> torch.Tensor:
+        """Average of the maps of every ``tta_transforms`` pass, each mapped back."""
+        targets = self._unaugmented_pass(input_tensor, targets)
+        unaugmented_output = self.outputs
+        maps = []
+        for transformer in self.tta_transforms:
+            augmented = transformer.augment_image(input_tensor)
+            augmented_maps = self._maps(augmented, targets, eigen_smooth, scale)
+            maps.append(transformer.deaugment_mask(augmented_maps.unsqueeze(1)).squeeze(1))
+        self.outputs = unaugmented_output
+        return torch.stack(maps).mean(dim=0)
+
+    def _unaugmented_pass(
+        self, input_tensor: torch.Tensor, targets: Sequence[Target] | None
+    ) -> Sequence[Target]:
+        """Run the input as given: ``cam.outputs`` is its output, and with ``targets=None``
+        each image's top class there is what every augmentation explains."""
+        with torch.no_grad():
+            output = self.model(input_tensor)
+        self.outputs = _detached(output)
+        if targets is not None:
+            return targets
+        top_class = select_output(output, self.output_selector).argmax(dim=-1)
+        return [ClassifierOutputTarget(category) for category in top_class]
+
+    # ----------------------------------------------------------------- lifetime
+    def close(self) -> None:
+        """Release what the object holds. Hooks only exist during a call, so none remain."""
+        self.outputs = None
+
+    def __enter__(self) -> BaseCAM:
+        return self
+
+    def __exit__(self, *exc_info: Any) -> bool:
+        self.close()
+        return False  # never swallow the caller's exception
+
+
+# --------------------------------------------------------------------- helpers
+def _deprecated(message: str) -> None:
+    warnings.warn(message, DeprecationWarning, stacklevel=3)
+
+
+def _check_target_layers(model: nn.Module, target_layers: Any) -> list[nn.Module]:
+    if target_layers is None:
+        raise TypeError("target_layers is required: a list of submodules of the model.")
+    if isinstance(target_layers, nn.Module):
+        raise TypeError(
+            f"target_layers must be a list of modules, got a single "
+            f"{type(target_layers).__name__}; pass target_layers=[layer]."
+        )
+    layers = list(target_layers)
+    if not layers:
+        raise ValueError("target_layers is empty; pass at least one submodule of the model.")
+    submodules = {id(module) for module in model.modules()}
+    for index, layer in enumerate(layers):
+        if not isinstance(layer, nn.Module):
+            raise TypeError(
+                f"target_layers[{index}] must be an nn.Module, got {type(layer).__name__}."
+            )
+        if id(layer) not in submodules:
+            raise ValueError(
+                f"target_layers[{index}] ({type(layer).__name__}) is not a submodule of the "
+                "model; pass a layer of this model instance, e.g. model.layer4[-1] (a layer "
+                "of another copy of the model never runs)."
+            )
+    return layers
+
+
+def _check_input(input_tensor: Any, model: nn.Module) -> torch.Tensor:
+    if not isinstance(input_tensor, torch.Tensor):
+        raise TypeError(
+            f"input_tensor must be a torch.Tensor, got {type(input_tensor).__name__}; convert "
+            "an image with pytorch_grad_cam.utils.image.preprocess_image."
+        )
+    if not input_tensor.is_floating_point():
+        raise TypeError(
+            f"input_tensor must be a float tensor, got dtype {input_tensor.dtype}; convert it "
+            "with input_tensor.float()."
+        )
+    if input_tensor.ndim not in (4, 5):
+        raise ValueError(
+            f"input_tensor must have shape B x C x H x W (or B x C x D x H x W), got shape "
+            f"{tuple(input_tensor.shape)}; add the batch axis with input_tensor.unsqueeze(0)."
+        )
+    if torch.is_inference_mode_enabled():
+        raise RuntimeError(
+            "CAM methods cannot run inside torch.inference_mode(): the gradients they need "
+            "cannot be recorded there. Call the CAM outside it (torch.no_grad() is fine)."
+        )
+    if not bool(torch.isfinite(input_tensor).all()):
+        raise ValueError("input_tensor contains NaN or infinite values; check the preprocessing.")
+    device = _model_device(model)
+    if device is not None and input_tensor.device != device:
+        input_tensor = input_tensor.to(device)
+    if input_tensor.is_inference():
+        input_tensor = input_tensor.clone()
+    return input_tensor
+
+
+def _model_device(model: nn.Module) -> torch.device | None:
+    for tensor in model.parameters():
+        return tensor.device
+    for tensor in model.buffers():
+        return tensor.device
+    return None
+
+
+def _looks_like_categories(targets: Any) -> bool:
+    """The seeds' positional ``cam(input, 281)`` / ``cam(input, [281, 3])`` spelling."""
+    if isinstance(targets, int) and not isinstance(targets, bool):
+        return True
+    return (
+        isinstance(targets, (list, tuple))
+        and len(targets) > 0
+        and all(isinstance(t, int) and not isinstance(t, bool) for t in targets)
+    )
+
+
+def _categories_to_targets(target_category: Any, batch_size: int) -> list[Target] | None:
+    if target_category is None:
+        return None
+    if isinstance(target_category, int):
+        return [ClassifierOutputTarget(target_category) for _ in range(batch_size)]
+    return [ClassifierOutputTarget(int(category)) for category in target_category]
+
+
+def _check_targets(targets: Any, batch_size: int) -> list[Target]:
+    if callable(targets):
+        raise TypeError(
+            "targets must be a list with one target per image, got a single "
+            f"{type(targets).__name__}; pass targets=[target] * batch_size to use it for "
+            "every image."
+        )
+    targets = list(targets)
+    if len(targets) != batch_size:
+        raise ValueError(
+            f"targets has {len(targets)} entries but input_tensor has {batch_size} images; "
+            "pass one target per image (e.g. [ClassifierOutputTarget(c)] * batch_size)."
+        )
+    for index, target in enumerate(targets):
+        if not callable(target):
+            raise TypeError(
+                f"targets[{index}] is a {type(target).__name__}, not a callable; use e.g. "
+                "ClassifierOutputTarget(category) from pytorch_grad_cam.utils.model_targets."
+            )
+    return targets
+
+
+def _per_image_outputs(output: Any, selector: OutputSelector) -> Any:
+    """What each image's target is called with: its row of the scores, or its entry of a
+    list of per-image dicts (torchvision detection models)."""
+    if selector is None and isinstance(output, list) and output and isinstance(output[0], dict):
+        return output
+    return select_output(output, selector)
+
+
+def _check_reached(
+    outputs: list[torch.Tensor | None], layers: list[nn.Module]
+) -> list[torch.Tensor]:
+    for index, (output, layer) in enumerate(zip(outputs, layers)):
+        if output is None:
+            raise ValueError(
+                f"target_layers[{index}] ({type(layer).__name__}) was never reached by the "
+                "forward pass, so it has no activations; pick a layer that the model's "
+                "forward() actually calls."
+            )
+    return outputs  # type: ignore[return-value]
+
+
+def _gradients(score: torch.Tensor, activations: list[torch.Tensor]) -> list[torch.Tensor]:
+    """d(score)/d(activation) for every layer; zeros where the score does not depend on it."""
+    if not score.requires_grad:
+        return [torch.zeros_like(a) for a in activations]
+    gradients = torch.autograd.grad(score, activations, allow_unused=True)
+    return [torch.zeros_like(a) if g is None else g for a, g in zip(activations, gradients)]
+
+
+def _check_spatial_rank(index: int, layer_map: torch.Tensor, size: Sequence[int]) -> None:
+    if layer_map.ndim - 1 != len(size):
+        raise ValueError(
+            f"target_layers[{index}] gives {layer_map.ndim - 1}-D maps but the input has "
+            f"{len(size)} spatial axes; pick a layer, or a reshape_transform, whose "
+            "activations have as many spatial axes as the input."
+        )
+
+
+def _detached(output: Any) -> Any:
+    if isinstance(output, torch.Tensor):
+        return output.detach()
+    if isinstance(output, (tuple, list)) and not hasattr(output, "_fields"):
+        return type(output)(_detached(item) for item in output)
+    if isinstance(output, MutableMapping):
+        # A shallow copy keeps the mapping's type (dict, OrderedDict, ModelOutput).
+        detached = copy.copy(output)
+        for key, value in output.items():
+            detached[key] = _detached(value)
+        return detached
+    return output
+
+
+@contextmanager
+def _model_in_eval_mode(model: nn.Module):
+    """Eval mode for the call (no dropout, no batch-norm statistics update); each module's
+    own flag is restored afterwards, also on error."""
+    flags = [(module, module.training) for module in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for module, training in flags:
+            module.training = training

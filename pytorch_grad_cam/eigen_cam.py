@@ -1,0 +1,24 @@
+"""Eigen-CAM (Muhammad & Yeasin, IJCNN 2020, https://arxiv.org/abs/2008.00299)."""
+
+from __future__ import annotations
+
+import torch
+
+from pytorch_grad_cam.base_cam import BaseCAM
+
+
+class EigenCAM(BaseCAM):
+    """The first principal component of the activations; no gradients, not class-specific.
+
+    With ``X`` the activations as a positions x channels matrix, centred over positions,
+    and ``X = U S V^T``: ``map = ReLU(X v_1)``, sign fixed as in
+    :func:`pytorch_grad_cam.utils.maps.first_principal_component`.
+    """
+
+    uses_gradients = False
+    uses_principal_component = True
+
+    def weighted_activations(
+        self, activations: torch.Tensor, gradients: torch.Tensor | None
+    ) -> torch.Tensor:
+        return activations

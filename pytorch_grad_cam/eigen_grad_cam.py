@@ -1,0 +1,20 @@
+"""Eigen-Grad-CAM: Eigen-CAM (Muhammad & Yeasin, 2020) on gradient-weighted activations."""
+
+from __future__ import annotations
+
+import torch
+
+from pytorch_grad_cam.base_cam import BaseCAM
+
+
+class EigenGradCAM(BaseCAM):
+    """The first principal component of ``A * dy/dA``: class-specific, and cleaner than Grad-CAM.
+
+    ``map = ReLU(X v_1)`` with ``X`` the element-wise product of activations and gradients
+    (positions x channels, centred), ``v_1`` its first right singular vector.
+    """
+
+    uses_principal_component = True
+
+    def get_cam_weights(self, activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
+        return gradients

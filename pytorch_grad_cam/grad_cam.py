@@ -1,0 +1,18 @@
+"""Grad-CAM (Selvaraju et al., ICCV 2017, https://arxiv.org/abs/1610.02391)."""
+
+from __future__ import annotations
+
+import torch
+
+from pytorch_grad_cam.base_cam import BaseCAM
+from pytorch_grad_cam.utils.maps import spatial_axes
+
+
+class GradCAM(BaseCAM):
+    """Weights each channel by its average gradient.
+
+    ``w_k = mean_ij dy/dA^k_ij``;  ``map = ReLU(sum_k w_k A^k)``.
+    """
+
+    def get_cam_weights(self, activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
+        return gradients.mean(dim=spatial_axes(gradients), keepdim=True)

@@ -1,0 +1,26 @@
+"""Grad-CAM++ (Chattopadhay et al., WACV 2018, https://arxiv.org/abs/1710.11063)."""
+
+from __future__ import annotations
+
+import torch
+
+from pytorch_grad_cam.base_cam import BaseCAM
+from pytorch_grad_cam.utils.maps import spatial_axes
+
+
+class GradCAMPlusPlus(BaseCAM):
+    """Weights each channel by a pixel-weighted sum of its positive gradients.
+
+    With ``g = dy/dA^k`` and the paper's closed form for an exponential score,
+    ``alpha_ij = g_ij^2 / (2 g_ij^2 + sum_ab A_ab g_ij^3)`` (0 where the denominator is 0),
+    ``w_k = sum_ij alpha_ij ReLU(g_ij)``;  ``map = ReLU(sum_k w_k A^k)``.
+    """
+
+    def get_cam_weights(self, activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
+        axes = spatial_axes(gradients)
+        squared = gradients.pow(2)
+        activation_sum = activations.sum(dim=axes, keepdim=True)
+        denominator = 2 * squared + activation_sum * gradients.pow(3)
+        safe_denominator = torch.where(denominator != 0, denominator, torch.ones_like(denominator))
+        alpha = torch.where(denominator != 0, squared / safe_denominator, torch.zeros_like(squared))
+        return (alpha * torch.relu(gradients)).sum(dim=axes, keepdim=True)

@@ -1,0 +1,1 @@
+"""Helpers: targets, image utilities, reshape transforms."""

@@ -1,0 +1,35 @@
+"""Packaging for gradcam: the import package is ``pytorch_grad_cam``."""
+
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+here = Path(__file__).parent
+
+setup(
+    name="gradcam",
+    version="0.1.0",
+    description="Class Activation Map methods for PyTorch: exact, fast, and kind to your model",
+    long_description=(here / "README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    license="MIT",
+    packages=find_packages(include=["pytorch_grad_cam", "pytorch_grad_cam.*"]),
+    package_data={"pytorch_grad_cam": ["py.typed"]},
+    python_requires=">=3.9",
+    install_requires=[
+        "torch>=2.0",
+        "torchvision",
+        "numpy",
+        "opencv-python-headless",
+        "ttach",
+        "tqdm",
+    ],
+    extras_require={
+        "test": ["pytest>=7", "ruff"],
+    },
+    classifiers=[
+        "License :: OSI Approved :: MIT License",
+        "Programming Language :: Python :: 3",
+        "Topic :: Scientific/Engineering :: Artificial Intelligence",
+    ],
+)
