@@ -1,0 +1,107 @@
+"""Time of each gradient method / time of one plain inference forward of the same model.
+
+    python benchmarks/gradient_methods.py [--repeats 20] [--models resnet18 resnet50]
+
+Random weights, one 224 px image, target layer ``layer4[-1]``, on the CPU (or the
+device given). Also printed: the floor, a forward pass plus the gradient of the target
+score with respect to the target layer's activations only, hand-written here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+import torchvision
+
+from pytorch_grad_cam import (
+    EigenCAM,
+    EigenGradCAM,
+    GradCAM,
+    GradCAMElementWise,
+    GradCAMPlusPlus,
+    HiResCAM,
+    LayerCAM,
+    XGradCAM,
+)
+from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+METHODS = [
+    GradCAM,
+    HiResCAM,
+    GradCAMElementWise,
+    GradCAMPlusPlus,
+    XGradCAM,
+    LayerCAM,
+    EigenCAM,
+    EigenGradCAM,
+]
+
+
+def median_seconds(function, repeats: int, device: torch.device) -> float:
+    for _ in range(3):
+        function()
+    times = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        function()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def floor_pass(model, layer, x, category):
+    """Forward, then d(score)/d(activations) only: the least a gradient method must do."""
+    captured = {}
+
+    def hook(module, inputs, output):
+        captured["a"] = output
+
+    handle = layer.register_forward_hook(hook)
+    try:
+        score = model(x)[:, category].sum()
+        torch.autograd.grad(score, captured["a"])
+    finally:
+        handle.remove()
+
+
+def benchmark_model(name: str, repeats: int, device: torch.device) -> None:
+    torch.manual_seed(0)
+    model = getattr(torchvision.models, name)(weights=None).eval().to(device)
+    x = torch.randn(1, 3, 224, 224, device=device)
+    layer = model.layer4[-1]
+    targets = [ClassifierOutputTarget(281)]
+
+    def plain_forward():
+        with torch.no_grad():
+            model(x)
+
+    forward = median_seconds(plain_forward, repeats, device)
+    floor = median_seconds(lambda: floor_pass(model, layer, x, 281), repeats, device)
+    print(f"\n{name} @224px: plain no_grad forward {forward * 1e3:.1f} ms")
+    print(f"  {'floor (forward + grad wrt layer4 only)':40s} {floor / forward:5.2f} x")
+    for method in METHODS:
+        cam = method(model, target_layers=[layer])
+        seconds = median_seconds(lambda: cam(x, targets), repeats, device)  # noqa: B023
+        print(f"  {method.__name__:40s} {seconds / forward:5.2f} x  ({seconds * 1e3:.1f} ms)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=["resnet18", "resnet50"])
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {device}")
+    for name in args.models:
+        benchmark_model(name, args.repeats, device)
+
+
+if __name__ == "__main__":
+    main()
