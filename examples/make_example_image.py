@@ -1,0 +1,32 @@
+"""Regenerate examples/cat_and_coffee.png from scikit-image's public-domain photos.
+
+    pip install scikit-image && python examples/make_example_image.py
+"""
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+from skimage import data
+
+
+def fit_height(image: np.ndarray, height: int) -> np.ndarray:
+    width = round(image.shape[1] * height / image.shape[0])
+    return cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)
+
+
+def main() -> None:
+    cat = fit_height(data.chelsea(), 224)
+    cup = fit_height(data.coffee(), 224)
+    cat_left = (cat.shape[1] - 224) // 2 + 20
+    cup_left = (cup.shape[1] - 224) // 2
+    image = np.concatenate(
+        [cat[:, cat_left : cat_left + 224], cup[:, cup_left : cup_left + 224]], axis=1
+    )
+    path = Path(__file__).parent / "cat_and_coffee.png"
+    cv2.imwrite(str(path), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
