@@ -15,6 +15,7 @@ modules' train/eval flags are restored, gradients are taken with
 from __future__ import annotations
 
 import copy
+import numbers
 import warnings
 from collections.abc import MutableMapping, Sequence
 from contextlib import contextmanager
@@ -382,22 +383,29 @@ def _model_device(model: nn.Module) -> torch.device | None:
     return None
 
 
+def is_integer(value: Any) -> bool:
+    """A class index: a Python or numpy integer, or a 0-d integer tensor (not a bool)."""
+    if isinstance(value, torch.Tensor):
+        return value.ndim == 0 and not value.is_floating_point() and value.dtype != torch.bool
+    return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
+
+
 def _looks_like_categories(targets: Any) -> bool:
     """The seeds' positional ``cam(input, 281)`` / ``cam(input, [281, 3])`` spelling."""
-    if isinstance(targets, int) and not isinstance(targets, bool):
+    if is_integer(targets):
         return True
     return (
-        isinstance(targets, (list, tuple))
+        isinstance(targets, (list, tuple, np.ndarray))
         and len(targets) > 0
-        and all(isinstance(t, int) and not isinstance(t, bool) for t in targets)
+        and all(is_integer(t) for t in targets)
     )
 
 
 def _categories_to_targets(target_category: Any, batch_size: int) -> list[Target] | None:
     if target_category is None:
         return None
-    if isinstance(target_category, int):
-        return [ClassifierOutputTarget(target_category) for _ in range(batch_size)]
+    if is_integer(target_category):
+        return [ClassifierOutputTarget(int(target_category)) for _ in range(batch_size)]
     return [ClassifierOutputTarget(int(category)) for category in target_category]
 
 
@@ -464,7 +472,9 @@ def _check_spatial_rank(index: int, layer_map: torch.Tensor, size: Sequence[int]
 def _detached(output: Any) -> Any:
     if isinstance(output, torch.Tensor):
         return output.detach()
-    if isinstance(output, (tuple, list)) and not hasattr(output, "_fields"):
+    if isinstance(output, tuple) and hasattr(output, "_fields"):  # a namedtuple
+        return type(output)(*(_detached(item) for item in output))
+    if isinstance(output, (tuple, list)):
         return type(output)(_detached(item) for item in output)
     if isinstance(output, MutableMapping):
         # A shallow copy keeps the mapping's type (dict, OrderedDict, ModelOutput).

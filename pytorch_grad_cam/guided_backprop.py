@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from pytorch_grad_cam.base_cam import _model_in_eval_mode
+from pytorch_grad_cam.base_cam import _model_in_eval_mode, is_integer
 from pytorch_grad_cam.utils.model_outputs import OutputSelector, select_output
 
 
@@ -75,7 +75,8 @@ class GuidedBackpropReLUModel:
         try:
             handles = [relu.register_forward_hook(_guide) for relu in relus]
             with _model_in_eval_mode(self.model), torch.enable_grad():
-                scores = select_output(self.model(image), self.output_selector)
+                # A copy goes in, so an in-place first operation does not touch the leaf.
+                scores = select_output(self.model(image.clone()), self.output_selector)
                 category = _category_index(target_category, scores)
                 score = scores.gather(1, category).sum()
                 (gradient,) = torch.autograd.grad(score, image)
@@ -90,9 +91,9 @@ def _category_index(target_category: Any, scores: torch.Tensor) -> torch.Tensor:
     batch = scores.shape[0]
     if target_category is None:
         return scores.detach().argmax(dim=1, keepdim=True)
-    if isinstance(target_category, int):
+    if is_integer(target_category):
         target_category = [target_category] * batch
-    categories = list(target_category)
+    categories = [int(category) for category in target_category]
     if len(categories) != batch:
         raise ValueError(
             f"target_category has {len(categories)} entries but the batch has {batch} images; "

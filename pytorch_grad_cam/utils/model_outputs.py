@@ -55,6 +55,8 @@ def _apply_selector(output: Any, selector: OutputSelector) -> Any:
         )
     if isinstance(selector, int) and isinstance(output, (tuple, list)):
         return output[selector]
+    if isinstance(selector, int) and hasattr(output, "to_tuple"):  # Hugging Face ModelOutput
+        return output.to_tuple()[selector]
     raise TypeError(
         f"output_selector={selector!r} does not fit a model output of type "
         f"{type(output).__name__}: use a str (key or attribute), an int (tuple index) or a "

@@ -130,9 +130,10 @@ class FasterRCNNBoxScoreTarget:
         iou = torchvision.ops.box_iou(reference_boxes, boxes.float())
         same_label = reference_labels[:, None] == model_output["labels"][None, :]
         candidate = same_label & (iou > self.iou_threshold)
-        match_score = torch.where(candidate, iou + model_output["scores"][None, :], 0.0)
+        match_score = iou + model_output["scores"][None, :]
+        match_score = match_score.masked_fill(~candidate, float("-inf"))
         best = match_score.max(dim=1).values
-        return total + best.sum()
+        return total + best[candidate.any(dim=1)].sum()
 
 
 class FinerWeightedTarget:

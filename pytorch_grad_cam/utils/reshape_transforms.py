@@ -20,14 +20,16 @@ def swinT_reshape_transform(tensor: torch.Tensor, height: int = 7, width: int = 
     """Swin tokens ``B x H*W x C`` (or channels-last ``B x H x W x C``) -> ``B x C x H x W``."""
     if tensor.ndim == 4:
         return tensor.permute(0, 3, 1, 2)
-    _check_tokens(tensor, height * width, "swinT_reshape_transform")
+    _check_tokens(tensor, height * width, "swinT_reshape_transform", exact=True)
     return tensor.reshape(tensor.size(0), height, width, tensor.size(2)).permute(0, 3, 1, 2)
 
 
-def _check_tokens(tensor: torch.Tensor, grid_tokens: int, name: str) -> None:
-    if tensor.ndim != 3 or tensor.size(1) < grid_tokens:
+def _check_tokens(tensor: torch.Tensor, grid_tokens: int, name: str, exact: bool = False) -> None:
+    count_fits = tensor.size(1) == grid_tokens if exact else tensor.size(1) >= grid_tokens
+    if tensor.ndim != 3 or not count_fits:
+        relation = "==" if exact else ">="
         raise ValueError(
-            f"{name}: expected tokens of shape B x N x C with N >= height * width = "
+            f"{name}: expected tokens of shape B x N x C with N {relation} height * width = "
             f"{grid_tokens}, got {tuple(tensor.shape)}; pass the height and width of the "
             "patch grid, e.g. functools.partial(" + name + ", height=24, width=24) for 384 px."
         )
