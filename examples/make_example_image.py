@@ -1,6 +1,6 @@
 """Regenerate examples/cat_and_coffee.png from scikit-image's public-domain photos.
 
-    pip install scikit-image && python examples/make_example_image.py
+pip install scikit-image && python examples/make_example_image.py
 """
 
 from pathlib import Path

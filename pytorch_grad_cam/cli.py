@@ -41,9 +41,7 @@ class CommandLineError(Exception):
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="cam.py", description=__doc__.splitlines()[0])
     parser.add_argument("--image-path", default=str(EXAMPLE_IMAGE), help="image to explain")
-    parser.add_argument(
-        "--method", default="gradcam", help=f"one of: {', '.join(sorted(METHODS))}"
-    )
+    parser.add_argument("--method", default="gradcam", help=f"one of: {', '.join(sorted(METHODS))}")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     parser.add_argument("--use-cuda", action="store_true", help="same as --device cuda")
     parser.add_argument("--aug-smooth", action="store_true", help="test-time augmentation")
