@@ -45,7 +45,9 @@ class BaseCAM:
 
     Args:
         model: any ``nn.Module``. It is never modified; during a call it runs in eval
-            mode and its previous train/eval flags are restored afterwards.
+            mode and its previous train/eval flags are restored afterwards. A
+            ``DataParallel`` / ``DistributedDataParallel`` wrapper is looked through, so
+            the whole batch is explained on the wrapped module's device.
         target_layers: list of submodules of ``model``; their maps are averaged.
         reshape_transform: maps a layer's output (and its gradient) to
             ``B x C x H x W`` or ``B x C x D x H x W``, e.g. for ViT token sequences.
@@ -96,6 +98,10 @@ class BaseCAM:
                 "reshape_transform must be a callable taking a layer's output tensor, got "
                 f"{type(reshape_transform).__name__}."
             )
+        if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+            # Replicas would each record their slice of the batch; the wrapped module sees
+            # all of it.
+            model = model.module
         self.model = model
         self.target_layers = _check_target_layers(model, target_layers)
         self.reshape_transform = reshape_transform

@@ -249,3 +249,11 @@ def test_target_layer_called_twice_uses_its_last_output():
     via_relu = GradCAM(model, [model.layer4[-1].relu])(x, targets)
     via_block = GradCAM(model, [model.layer4[-1]])(x, targets)
     np.testing.assert_allclose(via_relu, via_block, atol=1e-6)
+
+
+def test_data_parallel_wrapper_explains_the_whole_batch(gap_net, image_batch):
+    wrapped = nn.DataParallel(gap_net)
+    cam = GradCAM(wrapped, [gap_net.features])
+    assert cam.model is gap_net
+    expected = GradCAM(gap_net, [gap_net.features])(image_batch)
+    np.testing.assert_array_equal(cam(image_batch), expected)
