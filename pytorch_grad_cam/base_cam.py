@@ -19,6 +19,7 @@ import numbers
 import warnings
 from collections.abc import MutableMapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
@@ -38,6 +39,26 @@ Target = Callable[[Any], torch.Tensor]
 def default_tta_transforms() -> ttach.Compose:
     """Horizontal flip x multiply by 0.9 / 1.0 / 1.1: six passes."""
     return ttach.Compose([ttach.HorizontalFlip(), ttach.Multiply(factors=[0.9, 1.0, 1.1])])
+
+
+@dataclass
+class LayerContext:
+    """What a method may use to weight one target layer, besides activations and gradients.
+
+    Perturbation methods (AblationCAM, ScoreCAM) re-run the model with it.
+    """
+
+    model: nn.Module
+    layer: nn.Module
+    layer_index: int
+    input_tensor: torch.Tensor
+    #: One target per image (``targets=None`` resolved to each image's top class).
+    targets: list[Target] | None
+    #: Each image's target score on the unperturbed input, shape ``B``, detached.
+    target_scores: torch.Tensor | None
+    #: The layer's output as the model produced it, before ``reshape_transform``.
+    layer_output: torch.Tensor
+    reshape_transform: ReshapeTransform | None
 
 
 class BaseCAM:
@@ -64,6 +85,8 @@ class BaseCAM:
 
     #: Whether the method needs the gradients of the target score.
     uses_gradients: bool = True
+    #: Whether the method explains a target (False: class-agnostic, like EigenCAM).
+    uses_targets: bool = True
     #: Whether the map is always the first principal component (EigenCAM, EigenGradCAM).
     uses_principal_component: bool = False
 
@@ -113,7 +136,10 @@ class BaseCAM:
 
     # ----------------------------------------------------------------- the method's part
     def get_cam_weights(
-        self, activations: torch.Tensor, gradients: torch.Tensor | None
+        self,
+        activations: torch.Tensor,
+        gradients: torch.Tensor | None,
+        context: LayerContext,
     ) -> torch.Tensor:
         """Weights for one layer, broadcastable to ``activations`` (``B x C x *spatial``).
 
@@ -123,10 +149,13 @@ class BaseCAM:
         raise NotImplementedError
 
     def weighted_activations(
-        self, activations: torch.Tensor, gradients: torch.Tensor | None
+        self,
+        activations: torch.Tensor,
+        gradients: torch.Tensor | None,
+        context: LayerContext,
     ) -> torch.Tensor:
         """``weights * activations``; methods that do more than weight override this."""
-        return self.get_cam_weights(activations, gradients) * activations
+        return self.get_cam_weights(activations, gradients, context) * activations
 
     # ----------------------------------------------------------------- the public call
     def __call__(
@@ -192,11 +221,23 @@ class BaseCAM:
         scale: bool,
     ) -> torch.Tensor:
         """One pass: ``B x *spatial`` maps at the input's size, averaged over layers."""
-        activations, gradients = self._activations_and_gradients(input_tensor, targets)
+        layer_outputs, gradients, targets, scores = self._forward(input_tensor, targets)
         size = input_tensor.shape[2:]
         layer_maps = []
-        for index, (layer_activations, layer_gradients) in enumerate(zip(activations, gradients)):
-            layer_map = self._layer_map(layer_activations, layer_gradients, eigen_smooth)
+        for index, (layer_output, gradient) in enumerate(zip(layer_outputs, gradients)):
+            context = LayerContext(
+                model=self.model,
+                layer=self.target_layers[index],
+                layer_index=index,
+                input_tensor=input_tensor,
+                targets=targets,
+                target_scores=scores,
+                layer_output=layer_output,
+                reshape_transform=self.reshape_transform,
+            )
+            activations = self._reshape(index, layer_output)
+            gradient = None if gradient is None else self._reshape(index, gradient)
+            layer_map = self._layer_map(activations, gradient, eigen_smooth, context)
             _check_spatial_rank(index, layer_map, size)
             layer_map = resize_maps(layer_map, size)
             layer_maps.append(scale_to_unit_range(layer_map) if scale else layer_map)
@@ -207,51 +248,58 @@ class BaseCAM:
         activations: torch.Tensor,
         gradients: torch.Tensor | None,
         eigen_smooth: bool,
+        context: LayerContext,
     ) -> torch.Tensor:
-        weighted = self.weighted_activations(activations, gradients)
+        weighted = self.weighted_activations(activations, gradients, context)
         if eigen_smooth or self.uses_principal_component:
             reduced = first_principal_component(weighted)
         else:
             reduced = weighted.sum(dim=1)
         return torch.relu(reduced)
 
-    def _activations_and_gradients(
+    def _forward(
         self, input_tensor: torch.Tensor, targets: Sequence[Target] | None
-    ) -> tuple[list[torch.Tensor], list[torch.Tensor | None]]:
-        """Run the model once; return float32 activations and gradients per target layer."""
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor | None], list[Target] | None, Any]:
+        """Run the model once.
+
+        Returns each target layer's output (detached), its gradient (or ``None``), the
+        targets (``None`` resolved to each image's top class) and each image's score.
+        """
         with LayerRecorder(self.target_layers, self.uses_gradients) as recorder:
             with torch.no_grad():
-                # Autograd is switched on by the first target layer's hook.
+                # With gradients, autograd is switched on by the first target layer's hook.
                 output = self.model(input_tensor)
-                scores = self._target_scores(output, targets) if self.uses_gradients else None
+                scores = None
+                if self.uses_targets:
+                    targets = targets if targets is not None else self._top_classes(output)
+                    scores = self._target_scores(output, targets)
             self.outputs = _detached(output)
-        raw_activations = _check_reached(recorder.outputs, self.target_layers)
+        layer_outputs = _check_reached(recorder.outputs, self.target_layers)
         if self.uses_gradients:
-            raw_gradients = _gradients(scores, raw_activations)
+            gradients = _gradients(scores, layer_outputs)
         else:
-            raw_gradients = [None] * len(raw_activations)
-        activations = [self._reshape(i, a) for i, a in enumerate(raw_activations)]
-        gradients = [
-            None if g is None else self._reshape(i, g) for i, g in enumerate(raw_gradients)
-        ]
-        return activations, gradients
+            gradients = [None] * len(layer_outputs)
+        detached = [layer_output.detach() for layer_output in layer_outputs]
+        return detached, gradients, targets, None if scores is None else scores.detach()
 
-    def _target_scores(self, output: Any, targets: Sequence[Target] | None) -> torch.Tensor:
-        """The sum over images of each image's target score (images are independent)."""
+    def _top_classes(self, output: Any) -> list[Target]:
+        """``targets=None``: each image's top-scoring class, kept on the device."""
+        scores = select_output(output, self.output_selector)
+        if scores.ndim != 2:
+            raise ValueError(
+                "targets=None picks each image's top class, which needs scores of shape "
+                f"B x K; the model's output has shape {tuple(scores.shape)}. Pass "
+                "targets=[...] (one per image) from pytorch_grad_cam.utils.model_targets."
+            )
+        return [ClassifierOutputTarget(category) for category in scores.detach().argmax(dim=1)]
+
+    def _target_scores(self, output: Any, targets: Sequence[Target]) -> torch.Tensor:
+        """Each image's target score, shape ``B`` (a target's values are summed)."""
         with torch.enable_grad():
-            if targets is None:
-                scores = select_output(output, self.output_selector)
-                if scores.ndim != 2:
-                    raise ValueError(
-                        f"targets=None picks each image's top class, which needs scores of "
-                        f"shape B x K; the model's output has shape {tuple(scores.shape)}. "
-                        "Pass targets=[...] (one per image) from "
-                        "pytorch_grad_cam.utils.model_targets."
-                    )
-                top_class = scores.detach().argmax(dim=1, keepdim=True)
-                return scores.gather(1, top_class).sum()
             per_image = _per_image_outputs(output, self.output_selector)
-            return sum(target(item).sum() for target, item in zip(targets, per_image))
+            return torch.stack(
+                [target(item).sum().float() for target, item in zip(targets, per_image)]
+            )
 
     def _reshape(self, index: int, tensor: torch.Tensor) -> torch.Tensor:
         original_shape = tuple(tensor.shape)
@@ -301,10 +349,9 @@ class BaseCAM:
         with torch.no_grad():
             output = self.model(input_tensor)
         self.outputs = _detached(output)
-        if targets is not None:
+        if targets is not None or not self.uses_targets:
             return targets
-        top_class = select_output(output, self.output_selector).argmax(dim=-1)
-        return [ClassifierOutputTarget(category) for category in top_class]
+        return self._top_classes(output)
 
     # ----------------------------------------------------------------- lifetime
     def close(self) -> None:
@@ -458,8 +505,11 @@ def _check_reached(
     return outputs  # type: ignore[return-value]
 
 
-def _gradients(score: torch.Tensor, activations: list[torch.Tensor]) -> list[torch.Tensor]:
-    """d(score)/d(activation) for every layer; zeros where the score does not depend on it."""
+def _gradients(scores: torch.Tensor, activations: list[torch.Tensor]) -> list[torch.Tensor]:
+    """d(sum of the images' scores)/d(activation) for every layer (images are independent);
+    zeros where the scores do not depend on it."""
+    with torch.enable_grad():
+        score = scores.sum()
     if not score.requires_grad:
         return [torch.zeros_like(a) for a in activations]
     gradients = torch.autograd.grad(score, activations, allow_unused=True)

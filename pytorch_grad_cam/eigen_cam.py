@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from pytorch_grad_cam.base_cam import BaseCAM
+from pytorch_grad_cam.base_cam import BaseCAM, LayerContext
 
 
 class EigenCAM(BaseCAM):
@@ -16,9 +16,10 @@ class EigenCAM(BaseCAM):
     """
 
     uses_gradients = False
+    uses_targets = False
     uses_principal_component = True
 
     def weighted_activations(
-        self, activations: torch.Tensor, gradients: torch.Tensor | None
+        self, activations: torch.Tensor, gradients: torch.Tensor | None, context: LayerContext
     ) -> torch.Tensor:
         return activations

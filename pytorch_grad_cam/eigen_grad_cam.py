@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from pytorch_grad_cam.base_cam import BaseCAM
+from pytorch_grad_cam.base_cam import BaseCAM, LayerContext
 
 
 class EigenGradCAM(BaseCAM):
@@ -16,5 +16,7 @@ class EigenGradCAM(BaseCAM):
 
     uses_principal_component = True
 
-    def get_cam_weights(self, activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
+    def get_cam_weights(
+        self, activations: torch.Tensor, gradients: torch.Tensor, context: LayerContext
+    ) -> torch.Tensor:
         return gradients

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from pytorch_grad_cam.base_cam import BaseCAM
+from pytorch_grad_cam.base_cam import BaseCAM, LayerContext
 from pytorch_grad_cam.utils.maps import spatial_axes
 
 
@@ -14,5 +14,7 @@ class GradCAM(BaseCAM):
     ``w_k = mean_ij dy/dA^k_ij``;  ``map = ReLU(sum_k w_k A^k)``.
     """
 
-    def get_cam_weights(self, activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
+    def get_cam_weights(
+        self, activations: torch.Tensor, gradients: torch.Tensor, context: LayerContext
+    ) -> torch.Tensor:
         return gradients.mean(dim=spatial_axes(gradients), keepdim=True)

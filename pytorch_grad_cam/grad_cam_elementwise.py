@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from pytorch_grad_cam.base_cam import BaseCAM
+from pytorch_grad_cam.base_cam import BaseCAM, LayerContext
 
 
 class GradCAMElementWise(BaseCAM):
@@ -14,10 +14,12 @@ class GradCAMElementWise(BaseCAM):
     cancel positive evidence of another (Selvaraju et al., 2017, element-wise variant).
     """
 
-    def get_cam_weights(self, activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
+    def get_cam_weights(
+        self, activations: torch.Tensor, gradients: torch.Tensor, context: LayerContext
+    ) -> torch.Tensor:
         return gradients
 
     def weighted_activations(
-        self, activations: torch.Tensor, gradients: torch.Tensor
+        self, activations: torch.Tensor, gradients: torch.Tensor, context: LayerContext
     ) -> torch.Tensor:
         return torch.relu(gradients * activations)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from pytorch_grad_cam.base_cam import BaseCAM
+from pytorch_grad_cam.base_cam import BaseCAM, LayerContext
 from pytorch_grad_cam.utils.maps import spatial_axes
 
 
@@ -16,7 +16,9 @@ class GradCAMPlusPlus(BaseCAM):
     ``w_k = sum_ij alpha_ij ReLU(g_ij)``;  ``map = ReLU(sum_k w_k A^k)``.
     """
 
-    def get_cam_weights(self, activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
+    def get_cam_weights(
+        self, activations: torch.Tensor, gradients: torch.Tensor, context: LayerContext
+    ) -> torch.Tensor:
         axes = spatial_axes(gradients)
         squared = gradients.pow(2)
         activation_sum = activations.sum(dim=axes, keepdim=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from pytorch_grad_cam.base_cam import BaseCAM
+from pytorch_grad_cam.base_cam import BaseCAM, LayerContext
 
 
 class LayerCAM(BaseCAM):
@@ -13,5 +13,7 @@ class LayerCAM(BaseCAM):
     ``map = ReLU(sum_k ReLU(dy/dA^k) * A^k)`` (element-wise); reliable in early layers too.
     """
 
-    def get_cam_weights(self, activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
+    def get_cam_weights(
+        self, activations: torch.Tensor, gradients: torch.Tensor, context: LayerContext
+    ) -> torch.Tensor:
         return torch.relu(gradients)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from pytorch_grad_cam.base_cam import BaseCAM
+from pytorch_grad_cam.base_cam import BaseCAM, LayerContext
 from pytorch_grad_cam.utils.maps import spatial_axes
 
 
@@ -15,7 +15,9 @@ class XGradCAM(BaseCAM):
     sum to 0);  ``map = ReLU(sum_k w_k A^k)``.
     """
 
-    def get_cam_weights(self, activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
+    def get_cam_weights(
+        self, activations: torch.Tensor, gradients: torch.Tensor, context: LayerContext
+    ) -> torch.Tensor:
         axes = spatial_axes(activations)
         activation_sum = activations.sum(dim=axes, keepdim=True)
         weighted_gradients = (activations * gradients).sum(dim=axes, keepdim=True)
