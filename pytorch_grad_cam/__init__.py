@@ -1,5 +1,6 @@
 """gradcam: Class Activation Map methods for PyTorch (import name ``pytorch_grad_cam``)."""
 
+from pytorch_grad_cam.ablation_cam import AblationCAM
 from pytorch_grad_cam.base_cam import BaseCAM
 from pytorch_grad_cam.eigen_cam import EigenCAM
 from pytorch_grad_cam.eigen_grad_cam import EigenGradCAM
@@ -14,6 +15,7 @@ from pytorch_grad_cam.xgrad_cam import XGradCAM
 __version__ = "0.1.0"
 
 __all__ = [
+    "AblationCAM",
     "BaseCAM",
     "EigenCAM",
     "EigenGradCAM",

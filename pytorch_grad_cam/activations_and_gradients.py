@@ -54,7 +54,7 @@ class LayerRecorder:
 
     def _make_hook(self, index: int):
         def hook(module: nn.Module, inputs: Any, output: Any) -> Any:
-            tensor, rebuild = _split_first_tensor(output)
+            tensor, rebuild = split_first_tensor(output)
             if tensor is None:
                 raise TypeError(
                     f"target_layers[{index}] ({type(module).__name__}) returned "
@@ -73,7 +73,7 @@ class LayerRecorder:
         return hook
 
 
-def _split_first_tensor(output: Any):
+def split_first_tensor(output: Any):
     """Return (the output's tensor, a function that puts a replacement back in its place)."""
     if isinstance(output, torch.Tensor):
         return output, lambda replacement: replacement

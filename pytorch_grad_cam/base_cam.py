@@ -268,7 +268,7 @@ class BaseCAM:
         with LayerRecorder(self.target_layers, self.uses_gradients) as recorder:
             with torch.no_grad():
                 # With gradients, autograd is switched on by the first target layer's hook.
-                output = self.model(input_tensor)
+                output = self._run_model(input_tensor)
                 scores = None
                 if self.uses_targets:
                     targets = targets if targets is not None else self._top_classes(output)
@@ -281,6 +281,10 @@ class BaseCAM:
             gradients = [None] * len(layer_outputs)
         detached = [layer_output.detach() for layer_output in layer_outputs]
         return detached, gradients, targets, None if scores is None else scores.detach()
+
+    def _run_model(self, input_tensor: torch.Tensor) -> Any:
+        """The model's forward pass; a method that needs more from it overrides this."""
+        return self.model(input_tensor)
 
     def _top_classes(self, output: Any) -> list[Target]:
         """``targets=None``: each image's top-scoring class, kept on the device."""
@@ -296,7 +300,7 @@ class BaseCAM:
     def _target_scores(self, output: Any, targets: Sequence[Target]) -> torch.Tensor:
         """Each image's target score, shape ``B`` (a target's values are summed)."""
         with torch.enable_grad():
-            per_image = _per_image_outputs(output, self.output_selector)
+            per_image = per_image_outputs(output, self.output_selector)
             return torch.stack(
                 [target(item).sum().float() for target, item in zip(targets, per_image)]
             )
@@ -484,7 +488,7 @@ def _check_targets(targets: Any, batch_size: int) -> list[Target]:
     return targets
 
 
-def _per_image_outputs(output: Any, selector: OutputSelector) -> Any:
+def per_image_outputs(output: Any, selector: OutputSelector) -> Any:
     """What each image's target is called with: its row of the scores, or its entry of a
     list of per-image dicts (torchvision detection models)."""
     if selector is None and isinstance(output, list) and output and isinstance(output[0], dict):

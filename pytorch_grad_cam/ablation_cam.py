@@ -1,0 +1,253 @@
+"""Ablation-CAM (Desai & Ramaswamy, WACV 2020, https://ieeexplore.ieee.org/document/9093360)."""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import ttach
+from torch import nn
+from tqdm.auto import tqdm
+
+from pytorch_grad_cam.activations_and_gradients import split_first_tensor
+from pytorch_grad_cam.base_cam import BaseCAM, LayerContext, ReshapeTransform
+from pytorch_grad_cam.utils.maps import spatial_axes
+from pytorch_grad_cam.utils.model_outputs import OutputSelector
+from pytorch_grad_cam.utils.model_tail import TailUnavailable, TracedModel
+
+logger = logging.getLogger(__name__)
+
+TAIL_PATH = "tail"
+FULL_FORWARD_PATH = "full forward"
+
+
+class AblationCAM(BaseCAM):
+    """Weights each channel by how much the score drops when the channel is removed.
+
+    ``w_k = (y - y_k) / y``, with ``y`` the target score and ``y_k`` the score when
+    channel ``k`` of the target layer's activations is set to zero;
+    ``map = ReLU(sum_k w_k A^k)``. No gradients.
+
+    Only the part of the network after the target layer sees the ablation, so the
+    model is traced with ``torch.fx``, the part before the layer runs once per call, and
+    batches of ablated activations go through the rest (``ablation_paths[i] == "tail"``).
+    When the rest cannot be run on its own (the model cannot be traced, the layer runs
+    more than once, or the rest does not reproduce the model's scores), each batch of
+    ablations runs the whole model with the layer's output replaced (``"full forward"``):
+    slower, same result. The path is logged at DEBUG level.
+
+    Args:
+        batch_size: how many ablated copies go through the model at once (also
+            settable as ``cam.batch_size = N``).
+        ratio_channels_to_ablate: fraction of channels to ablate, those with the largest
+            total activation magnitude per image; the others keep weight 0.
+        progress_bar: show a ``tqdm`` bar over the batches.
+    """
+
+    uses_gradients = False
+
+    def __init__(
+        self,
+        model: nn.Module,
+        target_layers: Sequence[nn.Module] | None = None,
+        reshape_transform: ReshapeTransform | None = None,
+        tta_transforms: ttach.Compose | None = None,
+        output_selector: OutputSelector = None,
+        batch_size: int = 32,
+        ratio_channels_to_ablate: float = 1.0,
+        progress_bar: bool = False,
+        *,
+        target_layer: nn.Module | None = None,
+        use_cuda: bool | None = None,
+    ) -> None:
+        super().__init__(
+            model,
+            target_layers,
+            reshape_transform,
+            tta_transforms,
+            output_selector,
+            target_layer=target_layer,
+            use_cuda=use_cuda,
+        )
+        self.batch_size = batch_size
+        self.ratio_channels_to_ablate = ratio_channels_to_ablate
+        self.progress_bar = progress_bar
+        #: For each target layer, the path the last call took: "tail" or "full forward".
+        self.ablation_paths: list[str] = []
+        self._traced: TracedModel | None = None
+        self._trace_failure: str | None = None
+
+    # ----------------------------------------------------------------- forward pass
+    def _run_model(self, input_tensor: torch.Tensor) -> Any:
+        traced = self._traced_model()
+        if traced is None:
+            return self.model(input_tensor)
+        return traced.run_and_record(input_tensor)
+
+    def _traced_model(self) -> TracedModel | None:
+        """Trace once per CAM object (in eval mode, during the first call)."""
+        if self._traced is None and self._trace_failure is None:
+            try:
+                self._traced = TracedModel(self.model, self.target_layers)
+            except TailUnavailable as reason:
+                self._trace_failure = str(reason)
+        return self._traced
+
+    def _maps(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        self.ablation_paths = []
+        try:
+            return super()._maps(*args, **kwargs)
+        finally:
+            if self._traced is not None:
+                self._traced.release()
+
+    # ----------------------------------------------------------------- the weights
+    def get_cam_weights(
+        self, activations: torch.Tensor, gradients: torch.Tensor | None, context: LayerContext
+    ) -> torch.Tensor:
+        _check_settings(self.batch_size, self.ratio_channels_to_ablate)
+        batch, channels = activations.shape[:2]
+        chosen = self._channels_to_ablate(activations)  # B x k, on the device
+        per_image = chosen.shape[1]
+        image_rows = [b for b in range(batch) for _ in range(per_image)]
+        positions = _channel_positions(context, channels)  # C x P positions in one image
+        scores, ablated = self._ablated_scores(context, image_rows, chosen.reshape(-1), positions)
+        scores = scores.to(activations.device)
+        ablated_scores = scores[:, None].expand(batch, channels).clone()
+        ablated_scores.scatter_(1, chosen, ablated.view(batch, per_image))
+        drop = scores[:, None] - ablated_scores
+        safe_scores = torch.where(scores != 0, scores, torch.ones_like(scores))[:, None]
+        weights = torch.where(scores[:, None] != 0, drop / safe_scores, torch.zeros_like(drop))
+        return weights.view(batch, channels, *[1] * len(spatial_axes(activations)))
+
+    def _channels_to_ablate(self, activations: torch.Tensor) -> torch.Tensor:
+        batch, channels = activations.shape[:2]
+        every = torch.arange(channels, device=activations.device)
+        if self.ratio_channels_to_ablate >= 1.0:
+            return every.expand(batch, channels)
+        count = max(1, math.ceil(self.ratio_channels_to_ablate * channels))
+        magnitude = activations.abs().sum(dim=spatial_axes(activations))
+        return magnitude.topk(count, dim=1).indices
+
+    def _ablated_scores(
+        self,
+        context: LayerContext,
+        image_rows: list[int],
+        channel_rows: torch.Tensor,
+        positions: torch.Tensor,
+    ) -> torch.Tensor:
+        """Each image's unablated score, and the score of every (image, channel) row with
+        that channel set to zero, both computed by the same path."""
+        run, path, scores = self._ablation_runner(context)
+        self.ablation_paths.append(path)
+        logger.debug("AblationCAM target_layers[%d]: %s path", context.layer_index, path)
+        device = channel_rows.device
+        chunks = []
+        starts = range(0, len(image_rows), self.batch_size)
+        with torch.inference_mode():
+            for start in tqdm(starts, desc="AblationCAM", disable=not self.progress_bar):
+                rows = image_rows[start : start + self.batch_size]
+                image_index = torch.tensor(rows, device=device)
+                zeroed = positions[channel_rows[start : start + self.batch_size]]
+                output = run(image_index, zeroed)
+                targets = [context.targets[row] for row in rows]
+                chunks.append(self._target_scores(output, targets))
+        return scores, torch.cat(chunks)
+
+    def _ablation_runner(self, context: LayerContext):
+        """A function (image_index, zeroed positions) -> model output, its path name, and
+        each image's unablated score computed by that path."""
+        traced = self._traced
+        problem = self._trace_failure
+        if traced is not None:
+            problem = traced.tail_problem(context.layer_index)
+        if problem is None:
+            problem, tail_scores = self._tail_scores(context)
+        if problem is None:
+
+            def run_tail(image_index: torch.Tensor, zeroed: torch.Tensor) -> Any:
+                recorded = traced.layer_output(context.layer_index)
+                tensor, rebuild = split_first_tensor(recorded)
+                ablated = _zero_positions(tensor.index_select(0, image_index), zeroed)
+                return traced.run_tail(context.layer_index, rebuild(ablated), image_index)
+
+            return run_tail, TAIL_PATH, tail_scores
+
+        logger.debug("AblationCAM: no tail for target_layers[%d]: %s", context.layer_index, problem)
+
+        def run_full_forward(image_index: torch.Tensor, zeroed: torch.Tensor) -> Any:
+            def replace_output(module: nn.Module, inputs: Any, output: Any) -> Any:
+                tensor, rebuild = split_first_tensor(output)
+                return rebuild(_zero_positions(tensor, zeroed))
+
+            handle = context.layer.register_forward_hook(replace_output)
+            try:
+                return self.model(context.input_tensor.index_select(0, image_index))
+            finally:
+                handle.remove()
+
+        return run_full_forward, FULL_FORWARD_PATH, context.target_scores
+
+    def _tail_scores(self, context: LayerContext) -> tuple[str | None, torch.Tensor | None]:
+        """Each image's score through the tail, unablated; checked once per call against the
+        model's own (a problem if they differ)."""
+        traced = self._traced
+        batch = context.input_tensor.shape[0]
+        image_index = torch.arange(batch, device=context.input_tensor.device)
+        with torch.inference_mode():
+            output = traced.run_tail(
+                context.layer_index, traced.layer_output(context.layer_index), image_index
+            )
+            try:
+                scores = self._target_scores(output, context.targets)
+            except Exception as error:  # the tail's output does not even fit the targets
+                problem = f"the part after the layer gives an output the targets reject: {error}"
+                return problem, None
+        expected = context.target_scores.to(scores.device)
+        tolerance = 1e-4 * (1.0 + float(expected.abs().max()))
+        if scores.shape != expected.shape or not torch.allclose(scores, expected, atol=tolerance):
+            problem = "the part after the layer, run on its own, does not reproduce the scores"
+            return problem, None
+        return None, scores
+
+
+def _check_settings(batch_size: Any, ratio: Any) -> None:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}.")
+    if not isinstance(ratio, (int, float)) or not 0 < ratio <= 1:
+        raise ValueError(
+            f"ratio_channels_to_ablate must be in (0, 1], got {ratio!r}; 1.0 ablates every channel."
+        )
+
+
+def _channel_positions(context: LayerContext, channels: int) -> torch.Tensor:
+    """``C x P``: where each channel of the (reshaped) activations lies in one image's raw
+    layer output, found by passing element indices through ``reshape_transform``."""
+    raw = context.layer_output[:1]
+    index = torch.arange(raw.numel(), device=raw.device, dtype=torch.float64).view(raw.shape)
+    if context.reshape_transform is None:
+        return index.view(channels, -1).long()
+    mapped = context.reshape_transform(index)
+    is_index = mapped.shape[1] == channels and bool(
+        ((mapped >= 0) & (mapped < raw.numel()) & (mapped == mapped.round())).all()
+    )
+    if not is_index or not torch.equal(
+        context.reshape_transform(raw).float(), raw.reshape(-1)[mapped.long()].float()
+    ):
+        raise ValueError(
+            "AblationCAM needs a reshape_transform that only rearranges or drops elements "
+            "(reshape, permute, slicing), so that each channel can be traced back to the "
+            "layer's output and set to zero; this one computes new values."
+        )
+    return mapped[0].reshape(channels, -1).long()
+
+
+def _zero_positions(rows: torch.Tensor, zeroed: torch.Tensor) -> torch.Tensor:
+    """A copy of ``rows`` (one image each) with the flat positions ``zeroed[r]`` of row r
+    set to zero."""
+    flat = rows.reshape(rows.shape[0], -1).clone()
+    flat.scatter_(1, zeroed, 0)
+    return flat.view_as(rows)

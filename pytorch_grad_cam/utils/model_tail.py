@@ -1,0 +1,136 @@
+"""Running only the part of a model after a layer, from that layer's output (torch.fx).
+
+Perturbation methods change a layer's output many times; the part of the network
+before the layer does not change, so it should run once. ``TracedModel`` traces the
+model with ``torch.fx`` (the target layers kept as opaque leaves), runs it once while
+recording every value that the part after a layer still needs (the layer's output and,
+for example, a residual branch that spans it), and then re-runs only that part on new
+layer outputs. Tracing does not modify the model. Models that cannot be traced
+(data-dependent control flow, for example) raise ``TailUnavailable``, and the caller
+falls back to full forward passes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.fx
+from torch import nn
+
+
+class TailUnavailable(Exception):
+    """The part of the model after a layer cannot be run on its own."""
+
+
+class _TargetLeafTracer(torch.fx.Tracer):
+    def __init__(self, leaves: Sequence[nn.Module]):
+        super().__init__()
+        self._leaf_ids = {id(leaf) for leaf in leaves}
+
+    def is_leaf_module(self, module: nn.Module, qualified_name: str) -> bool:
+        return id(module) in self._leaf_ids or super().is_leaf_module(module, qualified_name)
+
+
+class TracedModel:
+    """``model`` as an fx graph in which each of ``layers`` is called exactly once."""
+
+    def __init__(self, model: nn.Module, layers: Sequence[nn.Module]):
+        tracer = _TargetLeafTracer(layers)
+        try:
+            graph = tracer.trace(model)
+            self.module = torch.fx.GraphModule(model, graph)
+        except Exception as error:  # any tracing failure means: no tail for this model
+            raise TailUnavailable(f"torch.fx cannot trace the model: {error}") from error
+        self.nodes = list(graph.nodes)
+        self.layer_nodes = [self._node_calling(model, layer) for layer in layers]
+        order = {node: position for position, node in enumerate(self.nodes)}
+        self._prefix_lengths = [order[node] for node in self.layer_nodes]
+        self._tail_inputs = [self._live_before(order, node) for node in self.layer_nodes]
+        self._batch_dependent = _descendants_of_inputs(self.nodes)
+        self._recorded: dict[torch.fx.Node, Any] = {}
+        self._batch_size = 0
+
+    def _node_calling(self, model: nn.Module, layer: nn.Module) -> torch.fx.Node:
+        name = next(name for name, module in model.named_modules() if module is layer)
+        calls = [n for n in self.nodes if n.op == "call_module" and n.target == name]
+        if len(calls) != 1:
+            raise TailUnavailable(f"layer {name!r} is called {len(calls)} times in the forward")
+        return calls[0]
+
+    def _live_before(self, order: dict, layer_node: torch.fx.Node) -> list[torch.fx.Node]:
+        """Nodes computed before ``layer_node`` whose values the rest still uses."""
+        position = order[layer_node]
+        return [
+            node
+            for node in self.nodes[:position]
+            if any(order[user] > position for user in node.users)
+        ]
+
+    def run_and_record(self, input_tensor: torch.Tensor) -> Any:
+        """Run the whole model, keeping what each layer's tail needs. Returns the output."""
+        needed = {node for inputs in self._tail_inputs for node in inputs}
+        needed.update(self.layer_nodes)
+        recorded: dict[torch.fx.Node, Any] = {}
+
+        class Recorder(torch.fx.Interpreter):
+            def run_node(self, node: torch.fx.Node) -> Any:
+                value = super().run_node(node)
+                if node in needed:
+                    recorded[node] = value
+                return value
+
+        output = Recorder(self.module).run(input_tensor)
+        self._recorded = recorded
+        self._batch_size = input_tensor.shape[0]
+        return output
+
+    def tail_problem(self, layer_index: int) -> str | None:
+        """Why the recorded values cannot feed the tail on a new batch size, if they cannot.
+
+        A value derived from the input that is not a tensor (``x.shape[0]``, a size tuple)
+        may hold the batch size, and the tail would reuse it for a different one.
+        """
+        for node in self._tail_inputs[layer_index]:
+            value = self._recorded[node]
+            if node in self._batch_dependent and not isinstance(value, torch.Tensor):
+                return (
+                    f"the part after the layer uses {node.name} = {value!r}, computed from "
+                    "the input before the layer, which may hold the batch size"
+                )
+        return None
+
+    def layer_output(self, layer_index: int) -> Any:
+        return self._recorded[self.layer_nodes[layer_index]]
+
+    def run_tail(self, layer_index: int, layer_output: Any, image_index: torch.Tensor) -> Any:
+        """The model's output when ``layers[layer_index]`` outputs ``layer_output``.
+
+        Row ``r`` of ``layer_output`` belongs to image ``image_index[r]`` of the recorded
+        batch; every other recorded value that has a batch axis is gathered to match.
+        """
+        # Everything before the layer is taken as given, so none of it runs again.
+        environment: dict[torch.fx.Node, Any] = dict.fromkeys(
+            self.nodes[: self._prefix_lengths[layer_index]]
+        )
+        for node in self._tail_inputs[layer_index]:
+            value = self._recorded[node]
+            if node in self._batch_dependent and isinstance(value, torch.Tensor):
+                value = value.index_select(0, image_index)
+            environment[node] = value
+        environment[self.layer_nodes[layer_index]] = layer_output
+        return torch.fx.Interpreter(self.module).run(initial_env=environment)
+
+    def release(self) -> None:
+        """Drop the recorded values (they hold a batch of activations)."""
+        self._recorded = {}
+
+
+def _descendants_of_inputs(nodes: list[torch.fx.Node]) -> set[torch.fx.Node]:
+    """The nodes whose values depend on the model's inputs (so have a batch axis)."""
+    dependent: set[torch.fx.Node] = set()
+    for node in nodes:  # graph order is topological
+        if node.op == "placeholder" or any(arg in dependent for arg in node.all_input_nodes):
+            dependent.add(node)
+    return dependent

@@ -1,0 +1,320 @@
+"""AblationCAM: the fast tail path and the fallback both equal a straightforward reference."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+from test_base_cam_state import assert_same_state, snapshot
+from torch import nn
+
+from pytorch_grad_cam import AblationCAM
+from pytorch_grad_cam.ablation_cam import FULL_FORWARD_PATH, TAIL_PATH
+from pytorch_grad_cam.utils.maps import resize_maps
+from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+from pytorch_grad_cam.utils.reshape_transforms import vit_reshape_transform
+
+
+def reference_weights(model, layer, x, categories, zero_channels, to_maps=lambda a: a):
+    """A full forward per (image, channel), batched: ``w_k = (y - y_k) / y``.
+
+    ``zero_channels(output, channels)`` returns the layer's output with channel
+    ``channels[r]`` removed from row ``r``; ``to_maps`` turns the layer's output into
+    B x C x H x W activations. Returns the weights (B x C) and the activations.
+    """
+    captured = []
+    handle = layer.register_forward_hook(lambda m, i, o: captured.append(o))
+    with torch.no_grad():
+        y = model(x)[range(len(categories)), categories]
+    handle.remove()
+    activations = to_maps(captured[-1])  # a layer that runs twice: its last output
+    batch, channels = activations.shape[:2]
+    weights = torch.zeros(batch, channels, dtype=activations.dtype)
+    for start in range(0, channels, 32):
+        ks = torch.arange(start, min(start + 32, channels))
+        repeated = x.repeat(len(ks), 1, 1, 1)  # row r: image r % B, channel ks[r // B]
+        row_channels = ks.repeat_interleave(batch)
+        handle = layer.register_forward_hook(
+            lambda m, i, o, row_channels=row_channels: zero_channels(o, row_channels)
+        )
+        with torch.no_grad():
+            y_k = model(repeated)[range(len(repeated)), categories * len(ks)]
+        handle.remove()
+        weights[:, ks] = ((y.repeat(len(ks)) - y_k) / y.repeat(len(ks))).view(len(ks), batch).T
+    return weights, activations
+
+
+def weighted_map(weights, activations, size):
+    cam = torch.relu((weights[:, :, None, None] * activations).sum(1)).float()
+    return resize_maps(cam, size)
+
+
+def reference_ablation_cam(model, layer, x, categories, zero_channels, to_maps=lambda a: a):
+    weights, activations = reference_weights(model, layer, x, categories, zero_channels, to_maps)
+    return weighted_map(weights, activations, x.shape[2:])
+
+
+def zero_conv_channel(output, channels):
+    output = output.clone()
+    output[torch.arange(len(channels)), channels] = 0
+    return output
+
+
+def ablation_map(model, layer, x, categories, **kwargs):
+    cam = AblationCAM(model, [layer], **kwargs)
+    targets = [ClassifierOutputTarget(c) for c in categories]
+    maps = cam(x, targets, scale=False, as_tensor=True)
+    return maps, cam
+
+
+def assert_maps_close(got, expected, tolerance=1e-5):
+    scale = float(expected.abs().max())
+    assert scale > 0, "the reference map is all zeros: the test would prove nothing"
+    torch.testing.assert_close(got, expected, rtol=0, atol=tolerance * scale)
+
+
+@pytest.fixture(scope="module")
+def resnet():
+    torch.manual_seed(0)
+    return torchvision.models.resnet18(weights=None, num_classes=10).double().eval()
+
+
+@pytest.fixture(scope="module")
+def images():
+    torch.manual_seed(1)
+    return torch.randn(2, 3, 64, 64, dtype=torch.float64)
+
+
+RESNET_CATEGORIES = [1, 7]
+
+
+@pytest.fixture(scope="module")
+def resnet_reference(resnet, images):
+    return reference_weights(
+        resnet, resnet.layer4[-1], images, RESNET_CATEGORIES, zero_conv_channel
+    )
+
+
+def test_resnet18_tail_path_equals_the_reference(resnet, images, resnet_reference):
+    maps, cam = ablation_map(resnet, resnet.layer4[-1], images, RESNET_CATEGORIES, batch_size=48)
+    assert cam.ablation_paths == [TAIL_PATH]
+    assert_maps_close(maps, weighted_map(*resnet_reference, images.shape[2:]))
+
+
+def test_residual_connection_spanning_the_target_layer(resnet, images):
+    # layer4[-1].conv1 sits inside a block whose identity branch skips over it: the
+    # tail must be fed the recorded block input as well as the ablated conv output.
+    layer = resnet.layer4[-1].conv1
+    image = images[:1]
+    maps, cam = ablation_map(resnet, layer, image, [4], batch_size=100)
+    assert cam.ablation_paths == [TAIL_PATH]
+    expected = reference_ablation_cam(resnet, layer, image, [4], zero_conv_channel)
+    assert_maps_close(maps, expected)
+
+
+def test_batch_size_changes_nothing_and_is_settable(resnet, images):
+    reference, cam = ablation_map(resnet, resnet.layer4[-1], images, [3, 5], batch_size=512)
+    rows_seen = []
+    handle = resnet.fc.register_forward_hook(lambda m, i, o: rows_seen.append(o.shape[0]))
+    try:
+        cam.batch_size = 100
+        again = cam(images, [ClassifierOutputTarget(3), ClassifierOutputTarget(5)], scale=False)
+    finally:
+        handle.remove()
+    np.testing.assert_allclose(again, reference.numpy(), rtol=0, atol=1e-6)
+    # 1 forward of the batch, 1 tail check, then 2 x 512 ablations in chunks of 100.
+    assert rows_seen[:2] == [2, 2]
+    assert max(rows_seen[2:]) == 100 and sum(rows_seen[2:]) == 2 * 512
+
+
+class TinyViT(nn.Module):
+    """Patch embedding, class token, two pre-norm transformer blocks, class-token head."""
+
+    def __init__(self, dim=16, grid=4, classes=5):
+        super().__init__()
+        self.patch = nn.Conv2d(3, dim, 4, stride=4)
+        self.cls_token = nn.Parameter(torch.randn(1, 1, dim) * 0.1)
+        self.pos = nn.Parameter(torch.randn(1, 1 + grid * grid, dim) * 0.1)
+        self.blocks = nn.Sequential(*[Block(dim) for _ in range(2)])
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, classes)
+
+    def forward(self, x):
+        tokens = self.patch(x).flatten(2).transpose(1, 2)
+        cls = self.cls_token.expand(tokens.shape[0], -1, -1)
+        tokens = torch.cat([cls, tokens], dim=1) + self.pos
+        return self.head(self.norm(self.blocks(tokens))[:, 0])
+
+
+class Block(nn.Module):
+    def __init__(self, dim):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = nn.MultiheadAttention(dim, 2, batch_first=True)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim))
+
+    def forward(self, x):
+        h = self.norm1(x)
+        x = x + self.attn(h, h, h, need_weights=False)[0]
+        return x + self.mlp(self.norm2(x))
+
+
+def grid_transform(tokens):
+    return vit_reshape_transform(tokens, height=4, width=4)
+
+
+def test_transformer_block_with_reshape_transform():
+    torch.manual_seed(0)
+    model = TinyViT().double().eval()
+    x = torch.randn(3, 3, 16, 16, dtype=torch.float64)
+    layer = model.blocks[-1].norm1
+    categories = [0, 2, 4]
+    cam = AblationCAM(model, [layer], reshape_transform=grid_transform, batch_size=20)
+    maps = cam(x, [ClassifierOutputTarget(c) for c in categories], scale=False, as_tensor=True)
+    assert cam.ablation_paths == [TAIL_PATH]
+
+    def zero_patch_channel(output, channels):  # patch tokens only; the class token is kept
+        output = output.clone()
+        output[torch.arange(len(channels)), 1:, channels] = 0
+        return output
+
+    expected = reference_ablation_cam(
+        model, layer, x, categories, zero_patch_channel, to_maps=grid_transform
+    )
+    assert_maps_close(maps, expected)
+
+
+class DataDependentNet(nn.Module):
+    """``if`` on a tensor value: torch.fx cannot trace it."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.features = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU())
+        self.head = nn.Linear(6, 4)
+
+    def forward(self, x):
+        a = self.features(x)
+        if a.sum() > 0:
+            a = a * 2
+        return self.head(a.mean(dim=(2, 3)))
+
+
+class BatchSizeBeforeTargetNet(nn.Module):
+    """Reads the batch size before the target layer and reshapes with it after."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.features = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU())
+        self.head = nn.Linear(6 * 8 * 8, 4)
+
+    def forward(self, x):
+        batch = x.shape[0]
+        return self.head(self.features(x).reshape(batch, -1))
+
+
+class SharedLayerNet(nn.Module):
+    """The target layer runs twice."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Conv2d(3, 3, 3, padding=1)
+        self.head = nn.Linear(3, 4)
+
+    def forward(self, x):
+        return self.head(torch.relu(self.conv(torch.relu(self.conv(x)))).mean(dim=(2, 3)))
+
+
+@pytest.mark.parametrize(
+    "net, layer_name",
+    [(DataDependentNet, "features"), (BatchSizeBeforeTargetNet, "features")],
+)
+def test_fallback_path_is_taken_and_correct(net, layer_name):
+    model = net().double().eval()
+    layer = getattr(model, layer_name)
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    categories = [1, 2]
+    maps, cam = ablation_map(model, layer, x, categories, batch_size=4)
+    assert cam.ablation_paths == [FULL_FORWARD_PATH]
+    expected = reference_ablation_cam(model, layer, x, categories, zero_conv_channel)
+    assert_maps_close(maps, expected)
+
+
+def test_a_layer_called_twice_uses_the_full_forward_path():
+    model = SharedLayerNet().double().eval()
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    maps, cam = ablation_map(model, model.conv, x, [0, 3], batch_size=2)
+    assert cam.ablation_paths == [FULL_FORWARD_PATH]
+
+    # In the full-forward path both calls are ablated (the hook fires each time), as in
+    # a reference that hooks the layer; the activations are the last call's output.
+    expected = reference_ablation_cam(model, model.conv, x, [0, 3], zero_conv_channel)
+    assert_maps_close(maps, expected)
+
+
+def test_ratio_channels_to_ablate_keeps_the_other_weights_at_zero(resnet, images, resnet_reference):
+    weights, activations = resnet_reference
+    partial, _ = ablation_map(
+        resnet,
+        resnet.layer4[-1],
+        images,
+        RESNET_CATEGORIES,
+        batch_size=128,
+        ratio_channels_to_ablate=0.25,
+    )
+    # Each image ablates its 128 channels of largest total |activation|; the others
+    # keep weight 0.
+    magnitude = activations.abs().sum(dim=(2, 3))
+    kept = torch.zeros_like(weights, dtype=torch.bool)
+    kept.scatter_(1, magnitude.topk(128, dim=1).indices, True)
+    expected = weighted_map(torch.where(kept, weights, 0.0), activations, images.shape[2:])
+    assert_maps_close(partial, expected)
+    assert not torch.allclose(expected, weighted_map(weights, activations, images.shape[2:]))
+
+
+def test_model_state_unchanged_also_when_a_target_raises_during_ablation():
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(weights=None, num_classes=10)
+    model.train()
+    model.conv1.weight.grad = torch.ones_like(model.conv1.weight)
+    before = snapshot(model)
+    x = torch.randn(2, 3, 32, 32)
+    AblationCAM(model, [model.layer4[-1]], batch_size=64)(x, [ClassifierOutputTarget(1)] * 2)
+    assert_same_state(before, snapshot(model))
+
+    calls = []
+
+    def fails_during_ablation(output):
+        calls.append(1)
+        if len(calls) > 5:
+            raise RuntimeError("target failed mid-way")
+        return output[0]
+
+    for layer in (model.layer4[-1], model.layer3[0].conv1):
+        calls.clear()
+        with pytest.raises(RuntimeError, match="mid-way"):
+            AblationCAM(model, [layer], batch_size=8)(x, [fails_during_ablation] * 2)
+        assert_same_state(before, snapshot(model))
+
+
+def test_bad_settings_name_the_argument(resnet, images):
+    with pytest.raises(ValueError, match="batch_size must be a positive int"):
+        AblationCAM(resnet, [resnet.layer4[-1]], batch_size=0)(images)
+    with pytest.raises(ValueError, match=r"ratio_channels_to_ablate must be in \(0, 1\]"):
+        AblationCAM(resnet, [resnet.layer4[-1]], ratio_channels_to_ablate=1.5)(images)
+
+
+def test_a_reshape_transform_that_computes_values_is_rejected():
+    torch.manual_seed(0)
+    model = TinyViT().eval()
+
+    def normalising_transform(tokens):
+        return grid_transform(tokens) * 2.0
+
+    cam = AblationCAM(model, [model.blocks[-1].norm1], reshape_transform=normalising_transform)
+    with pytest.raises(ValueError, match="only rearranges or drops elements"):
+        cam(torch.randn(1, 3, 16, 16))
