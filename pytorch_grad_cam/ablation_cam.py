@@ -171,7 +171,7 @@ class AblationCAM(BaseCAM):
             def run_tail(image_index: torch.Tensor, zeroed: torch.Tensor) -> Any:
                 recorded = traced.layer_output(context.layer_index)
                 tensor, rebuild = split_first_tensor(recorded)
-                ablated = _zero_positions(tensor.index_select(0, image_index), zeroed)
+                ablated = _zero_positions(tensor[image_index], zeroed)  # a gathered copy
                 return traced.run_tail(context.layer_index, rebuild(ablated), image_index)
 
             return run_tail, TAIL_PATH, tail_scores
@@ -181,11 +181,11 @@ class AblationCAM(BaseCAM):
         def run_full_forward(image_index: torch.Tensor, zeroed: torch.Tensor) -> Any:
             def replace_output(module: nn.Module, inputs: Any, output: Any) -> Any:
                 tensor, rebuild = split_first_tensor(output)
-                return rebuild(_zero_positions(tensor, zeroed))
+                return rebuild(_zero_positions(tensor.clone(), zeroed))
 
             handle = context.layer.register_forward_hook(replace_output)
             try:
-                return self.model(context.input_tensor.index_select(0, image_index))
+                return self.model(context.input_tensor[image_index])
             finally:
                 handle.remove()
 
@@ -246,8 +246,7 @@ def _channel_positions(context: LayerContext, channels: int) -> torch.Tensor:
 
 
 def _zero_positions(rows: torch.Tensor, zeroed: torch.Tensor) -> torch.Tensor:
-    """A copy of ``rows`` (one image each) with the flat positions ``zeroed[r]`` of row r
-    set to zero."""
-    flat = rows.reshape(rows.shape[0], -1).clone()
-    flat.scatter_(1, zeroed, 0)
-    return flat.view_as(rows)
+    """Set the flat positions ``zeroed[r]`` of each row ``r`` (one image) to zero, in place
+    (``rows`` is always a copy the caller made)."""
+    rows.view(rows.shape[0], -1).scatter_(1, zeroed, 0)
+    return rows
