@@ -6,12 +6,17 @@ import numpy as np
 import pytest
 import torch
 import torchvision
+import ttach
 from test_base_cam_state import assert_same_state, snapshot
 from torch import nn
 
 from pytorch_grad_cam import AblationCAM
 from pytorch_grad_cam.ablation_cam import FULL_FORWARD_PATH, TAIL_PATH
-from pytorch_grad_cam.utils.maps import resize_maps
+from pytorch_grad_cam.utils.maps import (
+    first_principal_component,
+    resize_maps,
+    scale_to_unit_range,
+)
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from pytorch_grad_cam.utils.reshape_transforms import vit_reshape_transform
 
@@ -33,7 +38,7 @@ def reference_weights(model, layer, x, categories, zero_channels, to_maps=lambda
     weights = torch.zeros(batch, channels, dtype=activations.dtype)
     for start in range(0, channels, 32):
         ks = torch.arange(start, min(start + 32, channels))
-        repeated = x.repeat(len(ks), 1, 1, 1)  # row r: image r % B, channel ks[r // B]
+        repeated = x.repeat(len(ks), *[1] * (x.ndim - 1))  # row r: image r % B, ks[r // B]
         row_channels = ks.repeat_interleave(batch)
         handle = layer.register_forward_hook(
             lambda m, i, o, row_channels=row_channels: zero_channels(o, row_channels)
@@ -318,3 +323,60 @@ def test_a_reshape_transform_that_computes_values_is_rejected():
     cam = AblationCAM(model, [model.blocks[-1].norm1], reshape_transform=normalising_transform)
     with pytest.raises(ValueError, match="only rearranges or drops elements"):
         cam(torch.randn(1, 3, 16, 16))
+
+
+def test_several_layers_3d_and_smoothing_follow_the_definition():
+    torch.manual_seed(0)
+    model = (
+        nn.Sequential(
+            nn.Conv3d(1, 4, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv3d(4, 5, 3, padding=1),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool3d(1),
+            nn.Flatten(),
+            nn.Linear(5, 3),
+        )
+        .double()
+        .eval()
+    )
+    x = torch.randn(2, 1, 4, 6, 6, dtype=torch.float64)
+    categories = [0, 2]
+    targets = [ClassifierOutputTarget(c) for c in categories]
+
+    def zero_channels_3d(output, channels):
+        output = output.clone()
+        output[torch.arange(len(channels)), channels] = 0
+        return output
+
+    expected, expected_eigen = [], []
+    for layer in (model[1], model[3]):
+        weights, activations = reference_weights(model, layer, x, categories, zero_channels_3d)
+        weighted = weights[:, :, None, None, None] * activations
+        cam = torch.relu(weighted.sum(1)).float()
+        expected.append(resize_maps(cam, x.shape[2:]))
+        eigen = torch.relu(first_principal_component(weighted)).float()
+        expected_eigen.append(scale_to_unit_range(resize_maps(eigen, x.shape[2:])))
+        single = AblationCAM(model, [layer], batch_size=3)
+        assert_maps_close(single(x, targets, scale=False, as_tensor=True), expected[-1])
+        assert single.ablation_paths == [TAIL_PATH]
+
+    both = AblationCAM(model, [model[1], model[3]], batch_size=7)
+    scaled = torch.stack([scale_to_unit_range(e) for e in expected]).mean(0)
+    torch.testing.assert_close(both(x, targets, as_tensor=True), scaled, atol=1e-5, rtol=0)
+    assert both.ablation_paths == [TAIL_PATH, TAIL_PATH]
+    # eigen_smooth: the principal component of the same weighted activations.
+    torch.testing.assert_close(
+        both(x, targets, eigen_smooth=True, as_tensor=True),
+        torch.stack(expected_eigen).mean(0),
+        atol=1e-4,
+        rtol=0,
+    )
+    # aug_smooth with one identity augmentation changes nothing.
+    identity = AblationCAM(model, [model[3]], tta_transforms=ttach.Compose([ttach.Multiply([1.0])]))
+    torch.testing.assert_close(
+        identity(x, targets, aug_smooth=True, as_tensor=True),
+        scale_to_unit_range(expected[1]),
+        atol=1e-5,
+        rtol=0,
+    )
