@@ -10,6 +10,7 @@ from pytorch_grad_cam.grad_cam_plusplus import GradCAMPlusPlus
 from pytorch_grad_cam.guided_backprop import GuidedBackpropReLUModel
 from pytorch_grad_cam.hirescam import HiResCAM
 from pytorch_grad_cam.layer_cam import LayerCAM
+from pytorch_grad_cam.score_cam import ScoreCAM
 from pytorch_grad_cam.xgrad_cam import XGradCAM
 
 __version__ = "0.1.0"
@@ -25,5 +26,6 @@ __all__ = [
     "GuidedBackpropReLUModel",
     "HiResCAM",
     "LayerCAM",
+    "ScoreCAM",
     "XGradCAM",
 ]

@@ -13,7 +13,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from pytorch_grad_cam.activations_and_gradients import split_first_tensor
-from pytorch_grad_cam.base_cam import BaseCAM, LayerContext, ReshapeTransform
+from pytorch_grad_cam.base_cam import LayerContext, ReshapeTransform
+from pytorch_grad_cam.perturbation_cam import PerturbationCAM, check_batch_size
 from pytorch_grad_cam.utils.maps import spatial_axes
 from pytorch_grad_cam.utils.model_outputs import OutputSelector
 from pytorch_grad_cam.utils.model_tail import TailUnavailable, TracedModel
@@ -24,7 +25,7 @@ TAIL_PATH = "tail"
 FULL_FORWARD_PATH = "full forward"
 
 
-class AblationCAM(BaseCAM):
+class AblationCAM(PerturbationCAM):
     """Weights each channel by how much the score drops when the channel is removed.
 
     ``w_k = (y - y_k) / y``, with ``y`` the target score and ``y_k`` the score when
@@ -40,14 +41,12 @@ class AblationCAM(BaseCAM):
     slower, same result. The path is logged at DEBUG level.
 
     Args:
-        batch_size: how many ablated copies go through the model at once (also
-            settable as ``cam.batch_size = N``).
         ratio_channels_to_ablate: fraction of channels to ablate, those with the largest
             total activation magnitude per image; the others keep weight 0.
-        progress_bar: show a ``tqdm`` bar over the batches.
-    """
 
-    uses_gradients = False
+    ``batch_size`` and ``progress_bar`` are those of
+    :class:`~pytorch_grad_cam.perturbation_cam.PerturbationCAM`.
+    """
 
     def __init__(
         self,
@@ -69,12 +68,12 @@ class AblationCAM(BaseCAM):
             reshape_transform,
             tta_transforms,
             output_selector,
+            batch_size,
+            progress_bar,
             target_layer=target_layer,
             use_cuda=use_cuda,
         )
-        self.batch_size = batch_size
         self.ratio_channels_to_ablate = ratio_channels_to_ablate
-        self.progress_bar = progress_bar
         #: For each target layer, the path the last call took: "tail" or "full forward".
         self.ablation_paths: list[str] = []
         self._traced: TracedModel | None = None
@@ -108,7 +107,7 @@ class AblationCAM(BaseCAM):
     def get_cam_weights(
         self, activations: torch.Tensor, gradients: torch.Tensor | None, context: LayerContext
     ) -> torch.Tensor:
-        _check_settings(self.batch_size, self.ratio_channels_to_ablate)
+        _check_ratio(self.ratio_channels_to_ablate)
         batch, channels = activations.shape[:2]
         chosen = self._channels_to_ablate(activations)  # B x k, on the device
         per_image = chosen.shape[1]
@@ -138,7 +137,7 @@ class AblationCAM(BaseCAM):
         image_rows: list[int],
         channel_rows: torch.Tensor,
         positions: torch.Tensor,
-    ) -> torch.Tensor:
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Each image's unablated score, and the score of every (image, channel) row with
         that channel set to zero, both computed by the same path."""
         run, path, scores = self._ablation_runner(context)
@@ -146,12 +145,13 @@ class AblationCAM(BaseCAM):
         logger.debug("AblationCAM target_layers[%d]: %s path", context.layer_index, path)
         device = channel_rows.device
         chunks = []
-        starts = range(0, len(image_rows), self.batch_size)
+        batch_size = check_batch_size(self.batch_size)
+        starts = range(0, len(image_rows), batch_size)
         with torch.inference_mode():
             for start in tqdm(starts, desc="AblationCAM", disable=not self.progress_bar):
-                rows = image_rows[start : start + self.batch_size]
+                rows = image_rows[start : start + batch_size]
                 image_index = torch.tensor(rows, device=device)
-                zeroed = positions[channel_rows[start : start + self.batch_size]]
+                zeroed = positions[channel_rows[start : start + batch_size]]
                 output = run(image_index, zeroed)
                 targets = [context.targets[row] for row in rows]
                 chunks.append(self._target_scores(output, targets))
@@ -214,9 +214,7 @@ class AblationCAM(BaseCAM):
         return None, scores
 
 
-def _check_settings(batch_size: Any, ratio: Any) -> None:
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}.")
+def _check_ratio(ratio: Any) -> None:
     if not isinstance(ratio, (int, float)) or not 0 < ratio <= 1:
         raise ValueError(
             f"ratio_channels_to_ablate must be in (0, 1], got {ratio!r}; 1.0 ablates every channel."

@@ -236,9 +236,9 @@ class BaseCAM:
                 reshape_transform=self.reshape_transform,
             )
             activations = self._reshape(index, layer_output)
+            _check_spatial_rank(index, activations, size)
             gradient = None if gradient is None else self._reshape(index, gradient)
             layer_map = self._layer_map(activations, gradient, eigen_smooth, context)
-            _check_spatial_rank(index, layer_map, size)
             layer_map = resize_maps(layer_map, size)
             layer_maps.append(scale_to_unit_range(layer_map) if scale else layer_map)
         return torch.stack(layer_maps).mean(dim=0)
@@ -520,10 +520,10 @@ def _gradients(scores: torch.Tensor, activations: list[torch.Tensor]) -> list[to
     return [torch.zeros_like(a) if g is None else g for a, g in zip(activations, gradients)]
 
 
-def _check_spatial_rank(index: int, layer_map: torch.Tensor, size: Sequence[int]) -> None:
-    if layer_map.ndim - 1 != len(size):
+def _check_spatial_rank(index: int, activations: torch.Tensor, size: Sequence[int]) -> None:
+    if activations.ndim - 2 != len(size):
         raise ValueError(
-            f"target_layers[{index}] gives {layer_map.ndim - 1}-D maps but the input has "
+            f"target_layers[{index}] gives {activations.ndim - 2}-D maps but the input has "
             f"{len(size)} spatial axes; pick a layer, or a reshape_transform, whose "
             "activations have as many spatial axes as the input."
         )

@@ -10,21 +10,23 @@ import torch.nn.functional as F
 _RESIZE_MODES = {1: "linear", 2: "bilinear", 3: "trilinear"}
 
 
-def scale_to_unit_range(maps: torch.Tensor) -> torch.Tensor:
+def scale_to_unit_range(maps: torch.Tensor, in_place: bool = False) -> torch.Tensor:
     """Min-max scale each map (``maps[i]``) to [0, 1].
 
     A map whose range is zero, or below float32 resolution relative to its largest
-    value, is constant: it becomes all zeros, never NaN.
+    value, is constant: it becomes all zeros, never NaN. ``in_place=True`` overwrites
+    ``maps`` (which must be contiguous) and saves two temporaries of its size.
     """
-    flat = maps.flatten(1)
-    low = flat.min(dim=1, keepdim=True).values
-    high = flat.max(dim=1, keepdim=True).values
+    flat = maps.view(maps.shape[0], -1) if in_place else maps.flatten(1)
+    low, high = flat.aminmax(dim=1, keepdim=True)
     spread = high - low
     resolution = torch.finfo(torch.float32).eps * torch.maximum(high.abs(), low.abs())
     is_constant = spread <= resolution
-    scaled = (flat - low) / torch.where(is_constant, torch.ones_like(spread), spread)
-    scaled = scaled.masked_fill(is_constant, 0.0)
-    return scaled.view_as(maps)
+    safe_spread = torch.where(is_constant, torch.ones_like(spread), spread)
+    if in_place:
+        flat.sub_(low).div_(safe_spread).masked_fill_(is_constant, 0.0)
+        return maps
+    return ((flat - low) / safe_spread).masked_fill(is_constant, 0.0).view_as(maps)
 
 
 def resize_maps(maps: torch.Tensor, size: Sequence[int]) -> torch.Tensor:

@@ -18,6 +18,15 @@ import torchvision
 Category = Union[int, torch.Tensor]
 
 
+def _pick(scores: torch.Tensor, category: Category) -> torch.Tensor:
+    """``scores[..., category]``. A 0-d tensor category (``targets=None`` resolves to those)
+    is gathered on the device: indexing with it would read it back to the host."""
+    if isinstance(category, torch.Tensor):
+        index = category.to(scores.device).reshape([1] * scores.ndim)
+        return scores.gather(-1, index.expand(*scores.shape[:-1], 1)).squeeze(-1)
+    return scores[..., category]
+
+
 class ClassifierOutputTarget:
     """The raw score (logit) of ``category``: ``y_c``."""
 
@@ -25,7 +34,7 @@ class ClassifierOutputTarget:
         self.category = category
 
     def __call__(self, model_output: torch.Tensor) -> torch.Tensor:
-        return model_output[..., self.category]
+        return _pick(model_output, self.category)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.category})"
@@ -35,7 +44,7 @@ class ClassifierOutputSoftmaxTarget(ClassifierOutputTarget):
     """The softmax probability of ``category``: ``exp(y_c) / sum_j exp(y_j)``."""
 
     def __call__(self, model_output: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(model_output, dim=-1)[..., self.category]
+        return _pick(torch.softmax(model_output, dim=-1), self.category)
 
 
 class ClassifierOutputReST(ClassifierOutputTarget):
@@ -46,8 +55,8 @@ class ClassifierOutputReST(ClassifierOutputTarget):
     """
 
     def __call__(self, model_output: torch.Tensor) -> torch.Tensor:
-        logit = model_output[..., self.category]
-        return logit + torch.softmax(model_output, dim=-1)[..., self.category]
+        logit = _pick(model_output, self.category)
+        return logit + _pick(torch.softmax(model_output, dim=-1), self.category)
 
 
 class BinaryClassifierOutputTarget:

@@ -1,0 +1,115 @@
+"""Score-CAM (Wang et al., CVPR-W 2020, https://arxiv.org/abs/1910.01279)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from pytorch_grad_cam.base_cam import LayerContext, Target
+from pytorch_grad_cam.perturbation_cam import PerturbationCAM, check_batch_size
+from pytorch_grad_cam.utils.maps import resize_maps, scale_to_unit_range
+
+
+class ScoreCAM(PerturbationCAM):
+    """Weights each channel by the target score of the input masked with that channel.
+
+    For image ``X`` and channel ``k`` of the target layer's activations ``A``:
+    ``H^k = s(Up(A^k))``, the channel upsampled to the input's size and min-max
+    normalised to [0, 1] (``s(M) = (M - min M) / (max M - min M)``; a constant map is
+    all zeros); ``S^k = y(X * H^k)``, the target's score on the masked input (the mask
+    is broadcast over the input's channels);
+
+    ``w_k = softmax_k(S^k) = exp(S^k) / sum_j exp(S^j)``;  ``map = ReLU(sum_k w_k A^k)``.
+
+    The paper's score increase ``S^k - y(X_baseline)`` gives the same weights: the
+    softmax is unchanged by subtracting the same value from every score. No gradients
+    are used; the model runs once per distinct mask.
+
+    Channels with the same normalised map (all-zero channels after a ReLU are common)
+    share one forward pass: the map min-max normalised at the layer's resolution is an
+    exact key, since (bi/tri)linear upsampling is linear and maps constants to
+    constants. The masked inputs are built ``batch_size`` at a time in one reused
+    buffer, so memory grows with ``batch_size``, not with the number of channels.
+
+    ``batch_size`` (masked images per forward pass) and ``progress_bar`` are those of
+    :class:`~pytorch_grad_cam.perturbation_cam.PerturbationCAM`.
+    """
+
+    def get_cam_weights(
+        self,
+        activations: torch.Tensor,
+        gradients: torch.Tensor | None,
+        context: LayerContext,
+    ) -> torch.Tensor:
+        batch_size = check_batch_size(self.batch_size)
+        input_tensor = context.input_tensor
+        images, channels = activations.shape[:2]
+        targets = context.targets
+        assert targets is not None  # uses_targets: BaseCAM resolved targets=None
+
+        with torch.inference_mode():
+            # The dedup keys, one (small, layer-resolution) set per image: one sync each.
+            distinct = []
+            for image in range(images):
+                canonical = scale_to_unit_range(activations[image].flatten(1))
+                maps, inverse = torch.unique(canonical, dim=0, return_inverse=True)
+                distinct.append((maps.view(-1, *activations.shape[2:]), inverse))
+            rows = min(batch_size, max(maps.shape[0] for maps, _ in distinct))
+            buffer = torch.empty(
+                (rows, *input_tensor.shape[1:]),
+                dtype=input_tensor.dtype,
+                device=input_tensor.device,
+            )
+            bar = self._progress(distinct, rows, context.layer_index)
+            scores = []
+            for image, (maps, inverse) in enumerate(distinct):
+                distinct_scores = self._masked_scores(
+                    maps, input_tensor[image], targets[image], buffer, bar
+                )
+                scores.append(distinct_scores[inverse])
+            if bar is not None:
+                bar.close()
+            scores = torch.stack(scores)
+        # Outside inference mode: the weights are an ordinary tensor.
+        weights = torch.softmax(scores, dim=1).to(activations.device)
+        return weights.view(images, channels, *[1] * (activations.ndim - 2))
+
+    def _masked_scores(
+        self,
+        maps: torch.Tensor,
+        image: torch.Tensor,
+        target: Target,
+        buffer: torch.Tensor,
+        bar: Any,
+    ) -> torch.Tensor:
+        """The target's score on ``image`` masked with each of ``maps`` (``N x *spatial``,
+        normalised), ``buffer.shape[0]`` masked images per forward pass."""
+        size = image.shape[1:]
+        chunks = []
+        for start in range(0, maps.shape[0], buffer.shape[0]):
+            chunk = maps[start : start + buffer.shape[0]]
+            count = chunk.shape[0]
+            masks = _upsampled_masks(chunk, size)
+            masked = torch.mul(masks.unsqueeze(1), image, out=buffer[:count])
+            chunks.append(self._target_scores(self.model(masked), [target] * count))
+            if bar is not None:
+                bar.update(1)
+        return torch.cat(chunks)
+
+    def _progress(self, distinct: list, rows: int, layer_index: int) -> Any:
+        if not self.progress_bar:
+            return None
+        passes = sum(-(-maps.shape[0] // rows) for maps, _ in distinct)
+        return tqdm(total=passes, desc=f"ScoreCAM, target layer {layer_index}", unit="batch")
+
+
+def _upsampled_masks(maps: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """``maps`` (normalised at their own resolution) upsampled to ``size`` and min-max
+    normalised there (in place: two full-size temporaries fewer per chunk)."""
+    upsampled = resize_maps(maps, size)
+    if upsampled is maps:
+        return maps  # already at the input's size, and normalisation is idempotent
+    return scale_to_unit_range(upsampled, in_place=True)
