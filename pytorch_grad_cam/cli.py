@@ -31,7 +31,11 @@ METHODS = {
     "layercam": pytorch_grad_cam.LayerCAM,
     "eigencam": pytorch_grad_cam.EigenCAM,
     "eigengradcam": pytorch_grad_cam.EigenGradCAM,
+    "ablationcam": pytorch_grad_cam.AblationCAM,
+    "scorecam": pytorch_grad_cam.ScoreCAM,
 }
+#: Methods that run many forward passes: they take --batch-size and show a progress bar.
+BATCHED_METHODS = (pytorch_grad_cam.AblationCAM, pytorch_grad_cam.ScoreCAM)
 
 
 class CommandLineError(Exception):
@@ -49,6 +53,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--output-dir", default="outputs", help="where the images are written")
     parser.add_argument(
         "--target-category", type=int, default=None, help="ImageNet class index (default: top)"
+    )
+    parser.add_argument(
+        "--batch-size", type=int, default=32, help="forward passes at once (ablationcam, scorecam)"
     )
     return parser.parse_args(argv)
 
@@ -122,7 +129,13 @@ def run(args: argparse.Namespace) -> list[Path]:
     print(f"explaining: {category} {categories[category]}")
 
     targets = [ClassifierOutputTarget(category)]
-    with METHODS[method_key](model=model, target_layers=[target_layer]) as cam:
+    method = METHODS[method_key]
+    options = {}
+    if issubclass(method, BATCHED_METHODS):
+        if args.batch_size < 1:
+            raise CommandLineError(f"--batch-size {args.batch_size}: must be at least 1")
+        options = {"batch_size": args.batch_size, "progress_bar": True}
+    with method(model=model, target_layers=[target_layer], **options) as cam:
         grayscale = cam(
             input_tensor, targets, aug_smooth=args.aug_smooth, eigen_smooth=args.eigen_smooth
         )[0]
