@@ -17,7 +17,7 @@ from pytorch_grad_cam.base_cam import LayerContext, ReshapeTransform
 from pytorch_grad_cam.perturbation_cam import PerturbationCAM, check_batch_size
 from pytorch_grad_cam.utils.maps import spatial_axes
 from pytorch_grad_cam.utils.model_outputs import OutputSelector
-from pytorch_grad_cam.utils.model_tail import TailUnavailable, TracedModel
+from pytorch_grad_cam.utils.model_tail import TailUnavailable, TracedModel, repeat_rows
 
 logger = logging.getLogger(__name__)
 
@@ -140,25 +140,21 @@ class AblationCAM(PerturbationCAM):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Each image's unablated score, and the score of every (image, channel) row with
         that channel set to zero, both computed by the same path."""
-        run, path, scores = self._ablation_runner(context)
+        batch_size = min(check_batch_size(self.batch_size), len(image_rows))
+        run, path, scores = self._ablation_runner(context, batch_size)
         self.ablation_paths.append(path)
         logger.debug("AblationCAM target_layers[%d]: %s path", context.layer_index, path)
-        device = channel_rows.device
         chunks = []
-        batch_size = check_batch_size(self.batch_size)
         starts = range(0, len(image_rows), batch_size)
         with torch.inference_mode():
             for start in tqdm(starts, desc="AblationCAM", disable=not self.progress_bar):
                 rows = image_rows[start : start + batch_size]
-                image_index = torch.tensor(rows, device=device)
-                zeroed = positions[channel_rows[start : start + batch_size]]
-                output = run(image_index, zeroed)
-                targets = [context.targets[row] for row in rows]
-                chunks.append(self._target_scores(output, targets))
+                output = run(rows, positions[channel_rows[start : start + batch_size]])
+                chunks.append(self._target_scores(output, [context.targets[r] for r in rows]))
         return scores, torch.cat(chunks)
 
-    def _ablation_runner(self, context: LayerContext):
-        """A function (image_index, zeroed positions) -> model output, its path name, and
+    def _ablation_runner(self, context: LayerContext, batch_size: int):
+        """A function (rows, zeroed positions) -> model output, its path name, and
         each image's unablated score computed by that path."""
         traced = self._traced
         problem = self._trace_failure
@@ -167,25 +163,29 @@ class AblationCAM(PerturbationCAM):
         if problem is None:
             problem, tail_scores = self._tail_scores(context)
         if problem is None:
+            recorded = traced.layer_output(context.layer_index)
+            tensor, rebuild = split_first_tensor(recorded)
+            # One buffer for every chunk: the rows are copied in, then ablated in place.
+            buffer = torch.empty(
+                (batch_size, *tensor.shape[1:]), dtype=tensor.dtype, device=tensor.device
+            )
 
-            def run_tail(image_index: torch.Tensor, zeroed: torch.Tensor) -> Any:
-                recorded = traced.layer_output(context.layer_index)
-                tensor, rebuild = split_first_tensor(recorded)
-                ablated = _zero_positions(tensor[image_index], zeroed)  # a gathered copy
-                return traced.run_tail(context.layer_index, rebuild(ablated), image_index)
+            def run_tail(rows: list[int], zeroed: torch.Tensor) -> Any:
+                ablated = _zero_positions(repeat_rows(tensor, rows, buffer[: len(rows)]), zeroed)
+                return traced.run_tail(context.layer_index, rebuild(ablated), rows)
 
             return run_tail, TAIL_PATH, tail_scores
 
         logger.debug("AblationCAM: no tail for target_layers[%d]: %s", context.layer_index, problem)
 
-        def run_full_forward(image_index: torch.Tensor, zeroed: torch.Tensor) -> Any:
+        def run_full_forward(rows: list[int], zeroed: torch.Tensor) -> Any:
             def replace_output(module: nn.Module, inputs: Any, output: Any) -> Any:
                 tensor, rebuild = split_first_tensor(output)
                 return rebuild(_zero_positions(tensor.clone(), zeroed))
 
             handle = context.layer.register_forward_hook(replace_output)
             try:
-                return self.model(context.input_tensor[image_index])
+                return self.model(repeat_rows(context.input_tensor, rows))
             finally:
                 handle.remove()
 
@@ -196,10 +196,10 @@ class AblationCAM(PerturbationCAM):
         model's own (a problem if they differ)."""
         traced = self._traced
         batch = context.input_tensor.shape[0]
-        image_index = torch.arange(batch, device=context.input_tensor.device)
+        every_image = list(range(batch))
         with torch.inference_mode():
             output = traced.run_tail(
-                context.layer_index, traced.layer_output(context.layer_index), image_index
+                context.layer_index, traced.layer_output(context.layer_index), every_image
             )
             try:
                 scores = self._target_scores(output, context.targets)

@@ -15,6 +15,7 @@ modules' train/eval flags are restored, gradients are taken with
 from __future__ import annotations
 
 import copy
+import itertools
 import numbers
 import warnings
 from collections.abc import MutableMapping, Sequence
@@ -298,12 +299,29 @@ class BaseCAM:
         return [ClassifierOutputTarget(category) for category in scores.detach().argmax(dim=1)]
 
     def _target_scores(self, output: Any, targets: Sequence[Target]) -> torch.Tensor:
-        """Each image's target score, shape ``B`` (a target's values are summed)."""
+        """Each image's target score, shape ``B`` (a target's values are summed).
+
+        Consecutive rows that share one target object whose ``rowwise`` attribute is true
+        (it maps a block of rows to their per-row results, as the classifier targets do)
+        are scored with one call: perturbation methods score thousands of rows.
+        """
         with torch.enable_grad():
             per_image = per_image_outputs(output, self.output_selector)
-            return torch.stack(
-                [target(item).sum().float() for target, item in zip(targets, per_image)]
-            )
+            scores = []
+            start = 0
+            for _, run in itertools.groupby(targets, key=id):
+                count = len(list(run))
+                target = targets[start]
+                if getattr(target, "rowwise", False) and isinstance(per_image, torch.Tensor):
+                    block = target(per_image[start : start + count])
+                    scores.append(block.reshape(count, -1).sum(dim=1).float())
+                else:
+                    scores.extend(
+                        target(per_image[row]).sum().float().reshape(1)
+                        for row in range(start, start + count)
+                    )
+                start += count
+            return torch.cat(scores)
 
     def _reshape(self, index: int, tensor: torch.Tensor) -> torch.Tensor:
         original_shape = tuple(tensor.shape)

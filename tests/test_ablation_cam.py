@@ -380,3 +380,15 @@ def test_several_layers_3d_and_smoothing_follow_the_definition():
         atol=1e-5,
         rtol=0,
     )
+
+
+def test_progress_bar_only_when_asked(capsys):
+    model = DataDependentNet().eval()
+    x = torch.randn(1, 3, 8, 8)
+    targets = [ClassifierOutputTarget(0)]
+    quiet = AblationCAM(model, [model.features], batch_size=4)(x, targets)
+    assert capsys.readouterr().err == ""
+    shown = AblationCAM(model, [model.features], batch_size=4, progress_bar=True)(x, targets)
+    err = capsys.readouterr().err
+    assert "AblationCAM" in err and "2/2" in err  # 6 channels in batches of 4
+    np.testing.assert_array_equal(quiet, shown)

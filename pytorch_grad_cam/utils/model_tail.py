@@ -12,6 +12,7 @@ falls back to full forward passes.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from typing import Any
 
@@ -51,6 +52,9 @@ class TracedModel:
         self._batch_dependent = _descendants_of_inputs(self.nodes)
         self._recorded: dict[torch.fx.Node, Any] = {}
         self._batch_size = 0
+        # Built once: an Interpreter walks every submodule when it is constructed.
+        self._interpreter = torch.fx.Interpreter(self.module)
+        self._recorder = _RecordingInterpreter(self.module)
 
     def _node_calling(self, model: nn.Module, layer: nn.Module) -> torch.fx.Node:
         name = next(name for name, module in model.named_modules() if module is layer)
@@ -72,17 +76,7 @@ class TracedModel:
         """Run the whole model, keeping what each layer's tail needs. Returns the output."""
         needed = {node for inputs in self._tail_inputs for node in inputs}
         needed.update(self.layer_nodes)
-        recorded: dict[torch.fx.Node, Any] = {}
-
-        class Recorder(torch.fx.Interpreter):
-            def run_node(self, node: torch.fx.Node) -> Any:
-                value = super().run_node(node)
-                if node in needed:
-                    recorded[node] = value
-                return value
-
-        output = Recorder(self.module).run(input_tensor)
-        self._recorded = recorded
+        output, self._recorded = self._recorder.run_recording(input_tensor, needed)
         self._batch_size = input_tensor.shape[0]
         return output
 
@@ -104,10 +98,10 @@ class TracedModel:
     def layer_output(self, layer_index: int) -> Any:
         return self._recorded[self.layer_nodes[layer_index]]
 
-    def run_tail(self, layer_index: int, layer_output: Any, image_index: torch.Tensor) -> Any:
+    def run_tail(self, layer_index: int, layer_output: Any, rows: list[int]) -> Any:
         """The model's output when ``layers[layer_index]`` outputs ``layer_output``.
 
-        Row ``r`` of ``layer_output`` belongs to image ``image_index[r]`` of the recorded
+        Row ``r`` of ``layer_output`` belongs to image ``rows[r]`` of the recorded
         batch; every other recorded value that has a batch axis is gathered to match.
         """
         # Everything before the layer is taken as given, so none of it runs again.
@@ -117,14 +111,50 @@ class TracedModel:
         for node in self._tail_inputs[layer_index]:
             value = self._recorded[node]
             if node in self._batch_dependent and isinstance(value, torch.Tensor):
-                value = value[image_index]  # (index_select is far slower on the CPU)
+                value = repeat_rows(value, rows)
             environment[node] = value
         environment[self.layer_nodes[layer_index]] = layer_output
-        return torch.fx.Interpreter(self.module).run(initial_env=environment)
+        return self._interpreter.run(initial_env=environment)
 
     def release(self) -> None:
         """Drop the recorded values (they hold a batch of activations)."""
         self._recorded = {}
+
+
+def repeat_rows(
+    tensor: torch.Tensor, rows: list[int], out: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``tensor[rows]``, written into ``out`` if given. ``rows`` come in runs of one image
+    (1, 1, 1, 2, 2, ...): each run is one broadcast copy, about twice as fast on the CPU as
+    advanced indexing (and index_select with repeated indices is far slower still)."""
+    if out is None:
+        out = torch.empty((len(rows), *tensor.shape[1:]), dtype=tensor.dtype, device=tensor.device)
+    start = 0
+    for image, run in itertools.groupby(rows):
+        count = len(list(run))
+        out[start : start + count].copy_(tensor[image : image + 1].expand(count, *tensor.shape[1:]))
+        start += count
+    return out
+
+
+class _RecordingInterpreter(torch.fx.Interpreter):
+    """Runs the graph and keeps the values of the nodes it is asked to record."""
+
+    def run_recording(
+        self, input_tensor: torch.Tensor, nodes: set[torch.fx.Node]
+    ) -> tuple[Any, dict[torch.fx.Node, Any]]:
+        self._to_record = nodes
+        self._recorded: dict[torch.fx.Node, Any] = {}
+        try:
+            return self.run(input_tensor), self._recorded
+        finally:
+            self._to_record, self._recorded = set(), {}
+
+    def run_node(self, node: torch.fx.Node) -> Any:
+        value = super().run_node(node)
+        if node in self._to_record:
+            self._recorded[node] = value
+        return value
 
 
 def _descendants_of_inputs(nodes: list[torch.fx.Node]) -> set[torch.fx.Node]:

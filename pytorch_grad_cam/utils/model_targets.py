@@ -4,6 +4,9 @@ A CAM call takes one target per image. Each is called with that image's output
 (for a classifier, a vector of ``K`` scores) and returns a scalar tensor; a target
 that returns more than one value is summed. Every target here keeps its work on
 the output's device.
+
+A target with ``rowwise = True`` also accepts a block of rows (``N x K``) and returns
+one result per row: perturbation methods then score a batch with one call.
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ def _pick(scores: torch.Tensor, category: Category) -> torch.Tensor:
 
 class ClassifierOutputTarget:
     """The raw score (logit) of ``category``: ``y_c``."""
+
+    rowwise = True
 
     def __init__(self, category: Category):
         self.category = category
@@ -62,6 +67,8 @@ class ClassifierOutputReST(ClassifierOutputTarget):
 class BinaryClassifierOutputTarget:
     """For a model with one output logit: ``y`` for ``category=1``, ``-y`` for ``category=0``."""
 
+    rowwise = True
+
     def __init__(self, category: int):
         if category not in (0, 1):
             raise ValueError(f"category={category!r}: a binary classifier's category is 0 or 1")
@@ -75,12 +82,16 @@ class BinaryClassifierOutputTarget:
 class SoftmaxOutputTarget:
     """The softmax of the whole output (a vector; a CAM call sums it)."""
 
+    rowwise = True
+
     def __call__(self, model_output: torch.Tensor) -> torch.Tensor:
         return torch.softmax(model_output, dim=-1)
 
 
 class RawScoresOutputTarget:
     """The raw output itself (a vector; a CAM call sums it)."""
+
+    rowwise = True
 
     def __call__(self, model_output: torch.Tensor) -> torch.Tensor:
         return model_output
@@ -151,6 +162,8 @@ class FinerWeightedTarget:
     ``score = y_main - alpha * mean_j y_j`` over ``comparison_categories``; with
     ``alpha=0`` it is the plain class score.
     """
+
+    rowwise = True
 
     def __init__(self, main_category: int, comparison_categories: Sequence[int], alpha: float):
         self.main_category = main_category
