@@ -7,6 +7,7 @@ import pytest
 import torch
 import torchvision
 import ttach
+from conftest import TinyViT
 from test_base_cam_state import assert_same_state, snapshot
 from torch import nn
 
@@ -131,39 +132,6 @@ def test_batch_size_changes_nothing_and_is_settable(resnet, images):
     # 1 forward of the batch, 1 tail check, then 2 x 512 ablations in chunks of 100.
     assert rows_seen[:2] == [2, 2]
     assert max(rows_seen[2:]) == 100 and sum(rows_seen[2:]) == 2 * 512
-
-
-class TinyViT(nn.Module):
-    """Patch embedding, class token, two pre-norm transformer blocks, class-token head."""
-
-    def __init__(self, dim=16, grid=4, classes=5):
-        super().__init__()
-        self.patch = nn.Conv2d(3, dim, 4, stride=4)
-        self.cls_token = nn.Parameter(torch.randn(1, 1, dim) * 0.1)
-        self.pos = nn.Parameter(torch.randn(1, 1 + grid * grid, dim) * 0.1)
-        self.blocks = nn.Sequential(*[Block(dim) for _ in range(2)])
-        self.norm = nn.LayerNorm(dim)
-        self.head = nn.Linear(dim, classes)
-
-    def forward(self, x):
-        tokens = self.patch(x).flatten(2).transpose(1, 2)
-        cls = self.cls_token.expand(tokens.shape[0], -1, -1)
-        tokens = torch.cat([cls, tokens], dim=1) + self.pos
-        return self.head(self.norm(self.blocks(tokens))[:, 0])
-
-
-class Block(nn.Module):
-    def __init__(self, dim):
-        super().__init__()
-        self.norm1 = nn.LayerNorm(dim)
-        self.attn = nn.MultiheadAttention(dim, 2, batch_first=True)
-        self.norm2 = nn.LayerNorm(dim)
-        self.mlp = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim))
-
-    def forward(self, x):
-        h = self.norm1(x)
-        x = x + self.attn(h, h, h, need_weights=False)[0]
-        return x + self.mlp(self.norm2(x))
 
 
 def grid_transform(tokens):

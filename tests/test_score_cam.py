@@ -11,6 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import torchvision
+from conftest import TinyViT
 from test_base_cam_state import assert_same_state, resnet_in_training_mode, snapshot
 from torch import nn
 from torch.utils import _pytree as pytree
@@ -130,38 +131,10 @@ class SmallConvNet(nn.Module):
         return self.fc(self.features(x).mean(dim=(2, 3)))
 
 
-class TinyViT(nn.Module):
-    """4 x 4 patches of a 16 x 16 image, a class token, two pre-norm blocks."""
-
-    def __init__(self, dim: int = 16, classes: int = 5):
-        super().__init__()
-        self.patch = nn.Conv2d(3, dim, 4, stride=4)
-        self.cls = nn.Parameter(torch.randn(1, 1, dim))
-        self.pos = nn.Parameter(torch.randn(1, 17, dim) * 0.1)
-        self.blocks = nn.ModuleList([Block(dim) for _ in range(2)])
-        self.norm = nn.LayerNorm(dim)
-        self.head = sharp(nn.Linear(dim, classes))
-
-    def forward(self, x):
-        tokens = self.patch(x).flatten(2).transpose(1, 2)
-        tokens = torch.cat([self.cls.expand(len(x), -1, -1), tokens], dim=1) + self.pos
-        for block in self.blocks:
-            tokens = block(tokens)
-        return self.head(self.norm(tokens)[:, 0])
-
-
-class Block(nn.Module):
-    def __init__(self, dim: int):
-        super().__init__()
-        self.norm1 = nn.LayerNorm(dim)
-        self.attn = nn.MultiheadAttention(dim, 2, batch_first=True)
-        self.norm2 = nn.LayerNorm(dim)
-        self.mlp = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim))
-
-    def forward(self, tokens):
-        normed = self.norm1(tokens)
-        tokens = tokens + self.attn(normed, normed, normed, need_weights=False)[0]
-        return tokens + self.mlp(self.norm2(tokens))
+def sharp_vit() -> TinyViT:
+    model = TinyViT()
+    sharp(model.head)
+    return model
 
 
 class Small3dNet(nn.Module):
@@ -270,7 +243,7 @@ def test_resnet18_matches_reference():
 
 
 def test_vit_tokens_with_reshape_transform_match_reference():
-    model = seeded(TinyViT)
+    model = seeded(sharp_vit)
     reshape = functools.partial(vit_reshape_transform, height=4, width=4)
     x = torch.randn(3, 3, 16, 16, generator=torch.Generator().manual_seed(3))
     layers = [model.blocks[-1].norm1]
