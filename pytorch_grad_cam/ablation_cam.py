@@ -193,25 +193,27 @@ class AblationCAM(PerturbationCAM):
 
     def _tail_scores(self, context: LayerContext) -> tuple[str | None, torch.Tensor | None]:
         """Each image's score through the tail, unablated; checked once per call against the
-        model's own (a problem if they differ)."""
+        model's own (a problem if they differ). The check runs one row more than the batch
+        (the first image twice), so that a batch size the tail reuses must be adapted."""
         traced = self._traced
         batch = context.input_tensor.shape[0]
-        every_image = list(range(batch))
+        rows = [*range(batch), 0]
         with torch.inference_mode():
-            output = traced.run_tail(
-                context.layer_index, traced.layer_output(context.layer_index), every_image
-            )
+            tensor, rebuild = split_first_tensor(traced.layer_output(context.layer_index))
             try:
-                scores = self._target_scores(output, context.targets)
-            except Exception as error:  # the tail's output does not even fit the targets
-                problem = f"the part after the layer gives an output the targets reject: {error}"
-                return problem, None
-        expected = context.target_scores.to(scores.device)
+                output = traced.run_tail(
+                    context.layer_index, rebuild(repeat_rows(tensor, rows)), rows
+                )
+                scores = self._target_scores(output, [context.targets[row] for row in rows])
+            except Exception as error:  # the tail cannot run on its own, or its output
+                # does not fit the targets
+                return f"the part after the layer fails when run on its own: {error}", None
+        expected = context.target_scores.to(scores.device)[rows]
         tolerance = 1e-4 * (1.0 + float(expected.abs().max()))
         if scores.shape != expected.shape or not torch.allclose(scores, expected, atol=tolerance):
             problem = "the part after the layer, run on its own, does not reproduce the scores"
             return problem, None
-        return None, scores
+        return None, scores[:batch]
 
 
 def _check_ratio(ratio: Any) -> None:

@@ -129,8 +129,9 @@ def test_batch_size_changes_nothing_and_is_settable(resnet, images):
     finally:
         handle.remove()
     np.testing.assert_allclose(again, reference.numpy(), rtol=0, atol=1e-6)
-    # 1 forward of the batch, 1 tail check, then 2 x 512 ablations in chunks of 100.
-    assert rows_seen[:2] == [2, 2]
+    # 1 forward of the batch, 1 tail check on the batch plus one repeated row, then
+    # 2 x 512 ablations in chunks of 100.
+    assert rows_seen[:2] == [2, 3]
     assert max(rows_seen[2:]) == 100 and sum(rows_seen[2:]) == 2 * 512
 
 
@@ -203,17 +204,21 @@ class SharedLayerNet(nn.Module):
 
 
 @pytest.mark.parametrize(
-    "net, layer_name",
-    [(DataDependentNet, "features"), (BatchSizeBeforeTargetNet, "features")],
+    "net, path",
+    [
+        (DataDependentNet, FULL_FORWARD_PATH),  # cannot be traced
+        # ``batch = x.shape[0]`` before the layer is replaced by each chunk's row count
+        # (EfficientNet's ``x.view(bs, -1)`` after its pooling is this case).
+        (BatchSizeBeforeTargetNet, TAIL_PATH),
+    ],
 )
-def test_fallback_path_is_taken_and_correct(net, layer_name):
+def test_each_path_is_taken_where_it_should_and_is_correct(net, path):
     model = net().double().eval()
-    layer = getattr(model, layer_name)
     x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
     categories = [1, 2]
-    maps, cam = ablation_map(model, layer, x, categories, batch_size=4)
-    assert cam.ablation_paths == [FULL_FORWARD_PATH]
-    expected = reference_ablation_cam(model, layer, x, categories, zero_conv_channel)
+    maps, cam = ablation_map(model, model.features, x, categories, batch_size=4)
+    assert cam.ablation_paths == [path]
+    expected = reference_ablation_cam(model, model.features, x, categories, zero_conv_channel)
     assert_maps_close(maps, expected)
 
 

@@ -78,3 +78,13 @@ def test_cuda_without_cuda(tmp_path):
     result = run_cam_py("--output-dir", str(tmp_path / "out"), "--device", "cuda")
     assert result.returncode == 2
     assert "--device cuda: not available on this machine" in result.stderr
+
+
+def test_cam_py_gradient_free_method_shows_progress(tmp_path):
+    result = run_cam_py(
+        "--output-dir", str(tmp_path), "--method", "ablationcam", "--batch-size", "256"
+    )
+    assert result.returncode == 0, result.stderr
+    assert "AblationCAM" in result.stderr and "100%" in result.stderr
+    overlay = cv2.imread(str(tmp_path / "ablationcam_cam.jpg"))
+    assert overlay.shape == (224, 448, 3) and overlay.std() > 5

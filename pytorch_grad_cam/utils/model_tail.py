@@ -83,16 +83,20 @@ class TracedModel:
     def tail_problem(self, layer_index: int) -> str | None:
         """Why the recorded values cannot feed the tail on a new batch size, if they cannot.
 
-        A value derived from the input that is not a tensor (``x.shape[0]``, a size tuple)
-        may hold the batch size, and the tail would reuse it for a different one.
+        A value derived from the input that is not a tensor may hold the batch size
+        (``bs = x.size(0)`` before the layer, ``x.view(bs, -1)`` after it). An int, or a
+        shape whose first entry, equals the recorded batch size is taken to be it and is
+        replaced by the chunk's row count (the caller's check on a different row count
+        confirms it); any other such value stops the tail.
         """
         for node in self._tail_inputs[layer_index]:
             value = self._recorded[node]
             if node in self._batch_dependent and not isinstance(value, torch.Tensor):
-                return (
-                    f"the part after the layer uses {node.name} = {value!r}, computed from "
-                    "the input before the layer, which may hold the batch size"
-                )
+                if not _is_int_or_shape(value):
+                    return (
+                        f"the part after the layer uses {node.name} = {value!r}, computed "
+                        "from the input before the layer"
+                    )
         return None
 
     def layer_output(self, layer_index: int) -> Any:
@@ -110,11 +114,21 @@ class TracedModel:
         )
         for node in self._tail_inputs[layer_index]:
             value = self._recorded[node]
-            if node in self._batch_dependent and isinstance(value, torch.Tensor):
-                value = repeat_rows(value, rows)
+            if node in self._batch_dependent:
+                value = self._for_rows(value, rows)
             environment[node] = value
         environment[self.layer_nodes[layer_index]] = layer_output
         return self._interpreter.run(initial_env=environment)
+
+    def _for_rows(self, value: Any, rows: list[int]) -> Any:
+        """A recorded batch-dependent value, made to fit ``rows`` instead of the batch."""
+        if isinstance(value, torch.Tensor):
+            return repeat_rows(value, rows)
+        if isinstance(value, int) and value == self._batch_size:
+            return len(rows)
+        if isinstance(value, tuple) and value and value[0] == self._batch_size:
+            return type(value)((len(rows), *value[1:]))
+        return value
 
     def release(self) -> None:
         """Drop the recorded values (they hold a batch of activations)."""
@@ -155,6 +169,16 @@ class _RecordingInterpreter(torch.fx.Interpreter):
         if node in self._to_record:
             self._recorded[node] = value
         return value
+
+
+def _is_int_or_shape(value: Any) -> bool:
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int):
+        return True
+    return isinstance(value, tuple) and all(
+        isinstance(item, int) and not isinstance(item, bool) for item in value
+    )
 
 
 def _descendants_of_inputs(nodes: list[torch.fx.Node]) -> set[torch.fx.Node]:
