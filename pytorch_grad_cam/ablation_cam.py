@@ -110,17 +110,24 @@ class AblationCAM(PerturbationCAM):
         _check_ratio(self.ratio_channels_to_ablate)
         batch, channels = activations.shape[:2]
         chosen = self._channels_to_ablate(activations)  # B x k, on the device
-        per_image = chosen.shape[1]
-        image_rows = [b for b in range(batch) for _ in range(per_image)]
+        # Zeroing a channel that is already all zero changes nothing (y_k = y): those rows
+        # are not run. Their count per image is read once (one sync per layer and call).
+        active = activations.flatten(2).ne(0).any(dim=2).gather(1, chosen)
+        image_rows = [b for b, count in enumerate(active.sum(dim=1).tolist()) for _ in range(count)]
+        weight_shape = (batch, channels, *[1] * len(spatial_axes(activations)))
+        if not image_rows:
+            return activations.new_zeros(weight_shape)
+        channel_rows = chosen[active]  # image 0's active channels, then image 1's, ...
         positions = _channel_positions(context, channels)  # C x P positions in one image
-        scores, ablated = self._ablated_scores(context, image_rows, chosen.reshape(-1), positions)
+        scores, ablated = self._ablated_scores(context, image_rows, channel_rows, positions)
         scores = scores.to(activations.device)
         ablated_scores = scores[:, None].expand(batch, channels).clone()
-        ablated_scores.scatter_(1, chosen, ablated.view(batch, per_image))
+        image_of_row = torch.arange(batch, device=chosen.device)[:, None].expand_as(chosen)
+        ablated_scores[image_of_row[active], channel_rows] = ablated.to(ablated_scores.dtype)
         drop = scores[:, None] - ablated_scores
         safe_scores = torch.where(scores != 0, scores, torch.ones_like(scores))[:, None]
         weights = torch.where(scores[:, None] != 0, drop / safe_scores, torch.zeros_like(drop))
-        return weights.view(batch, channels, *[1] * len(spatial_axes(activations)))
+        return weights.view(weight_shape)
 
     def _channels_to_ablate(self, activations: torch.Tensor) -> torch.Tensor:
         batch, channels = activations.shape[:2]

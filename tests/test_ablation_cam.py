@@ -129,10 +129,18 @@ def test_batch_size_changes_nothing_and_is_settable(resnet, images):
     finally:
         handle.remove()
     np.testing.assert_allclose(again, reference.numpy(), rtol=0, atol=1e-6)
-    # 1 forward of the batch, 1 tail check on the batch plus one repeated row, then
-    # 2 x 512 ablations in chunks of 100.
+    # 1 forward of the batch, 1 tail check on the batch plus one repeated row, then one
+    # ablation per channel that is not all zero (zeroing those changes nothing), in
+    # chunks of 100.
+    captured = []
+    handle = resnet.layer4[-1].register_forward_hook(lambda m, i, o: captured.append(o))
+    with torch.no_grad():
+        resnet(images)
+    handle.remove()
+    nonzero_channels = int(captured[0].flatten(2).ne(0).any(dim=2).sum())
+    assert 512 < nonzero_channels < 2 * 512  # the skip is exercised
     assert rows_seen[:2] == [2, 3]
-    assert max(rows_seen[2:]) == 100 and sum(rows_seen[2:]) == 2 * 512
+    assert max(rows_seen[2:]) == 100 and sum(rows_seen[2:]) == nonzero_channels
 
 
 def grid_transform(tokens):
@@ -365,3 +373,18 @@ def test_progress_bar_only_when_asked(capsys):
     err = capsys.readouterr().err
     assert "AblationCAM" in err and "2/2" in err  # 6 channels in batches of 4
     np.testing.assert_array_equal(quiet, shown)
+
+
+def test_a_layer_with_only_zero_channels_gives_zero_maps_without_forwards():
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten()
+    ).eval()
+    with torch.no_grad():
+        model[0].weight.zero_()
+        model[0].bias.fill_(-1.0)  # every activation after the ReLU is 0
+    rows = []
+    model[0].register_forward_pre_hook(lambda m, inputs: rows.append(inputs[0].shape[0]))
+    maps = AblationCAM(model, [model[1]])(torch.randn(2, 3, 6, 6), [ClassifierOutputTarget(0)] * 2)
+    assert np.isfinite(maps).all() and (maps == 0).all()
+    assert rows == [2]  # the one forward of the batch, no ablations
