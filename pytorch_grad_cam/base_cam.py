@@ -206,7 +206,7 @@ class BaseCAM:
         if targets is not None:
             targets = _check_targets(targets, batch_size)
 
-        with _model_in_eval_mode(self.model):
+        with model_in_eval_mode(self.model):
             if aug_smooth:
                 maps = self._augmented_maps(input_tensor, targets, eigen_smooth, scale)
             else:
@@ -343,7 +343,7 @@ class BaseCAM:
                 f"of shape {original_shape}, into shape {tuple(tensor.shape)}; it must "
                 "return B x C x H x W or B x C x D x H x W."
             )
-        return tensor.detach().float()
+        return tensor.float()  # _forward already detached the outputs; gradients have no graph
 
     def _augmented_maps(
         self,
@@ -564,7 +564,7 @@ def _detached(output: Any) -> Any:
 
 
 @contextmanager
-def _model_in_eval_mode(model: nn.Module):
+def model_in_eval_mode(model: nn.Module):
     """Eval mode for the call (no dropout, no batch-norm statistics update); each module's
     own flag is restored afterwards, also on error."""
     flags = [(module, module.training) for module in model.modules()]

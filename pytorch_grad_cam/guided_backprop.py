@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from pytorch_grad_cam.base_cam import _model_in_eval_mode, is_integer
+from pytorch_grad_cam.base_cam import is_integer, model_in_eval_mode
 from pytorch_grad_cam.utils.model_outputs import OutputSelector, select_output
 
 
@@ -74,7 +74,7 @@ class GuidedBackpropReLUModel:
         handles = []
         try:
             handles = [relu.register_forward_hook(_guide) for relu in relus]
-            with _model_in_eval_mode(self.model), torch.enable_grad():
+            with model_in_eval_mode(self.model), torch.enable_grad():
                 # A copy goes in, so an in-place first operation does not touch the leaf.
                 scores = select_output(self.model(image.clone()), self.output_selector)
                 category = _category_index(target_category, scores)
