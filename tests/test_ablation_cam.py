@@ -198,6 +198,24 @@ class BatchSizeBeforeTargetNet(nn.Module):
         return self.head(self.features(x).reshape(batch, -1))
 
 
+class SizesBeforeTargetNet(nn.Module):
+    """Reads ``B, H, W, C`` before a channels-last target layer (like timm's Swin), with
+    ``H == W`` equal to the batch size: only ``B`` is the batch size."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.features = nn.Sequential(nn.Conv2d(3, 6, 4, stride=4), nn.ReLU())
+        self.block = nn.Flatten(1)  # the target layer: B x H x W x C -> B x H*W*C
+        self.head = nn.Linear(6, 4)
+
+    def forward(self, x):
+        channels_last = self.features(x).permute(0, 2, 3, 1)
+        batch, height, width, channels = channels_last.shape
+        flat = self.block(channels_last)
+        return self.head(flat.reshape(batch, height, width, channels).mean(dim=(1, 2)))
+
+
 class SharedLayerNet(nn.Module):
     """The target layer runs twice."""
 
@@ -228,6 +246,24 @@ def test_each_path_is_taken_where_it_should_and_is_correct(net, path):
     assert cam.ablation_paths == [path]
     expected = reference_ablation_cam(model, model.features, x, categories, zero_conv_channel)
     assert_maps_close(maps, expected)
+
+
+def test_sizes_read_before_the_layer_that_equal_the_batch_size_are_kept():
+    model = SizesBeforeTargetNet().double().eval()
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)  # 2 images, a 2 x 2 grid
+
+    def to_maps(flat):  # B x H*W*C -> B x C x H x W
+        return flat.reshape(flat.shape[0], 2, 2, 6).permute(0, 3, 1, 2)
+
+    def zero_channel(flat, channels):
+        maps = to_maps(flat).clone()
+        maps[torch.arange(len(channels)), channels] = 0
+        return maps.permute(0, 2, 3, 1).reshape(flat.shape)
+
+    maps, cam = ablation_map(model, model.block, x, [1, 2], reshape_transform=to_maps)
+    assert cam.ablation_paths == [TAIL_PATH]
+    weights, activations = reference_weights(model, model.block, x, [1, 2], zero_channel, to_maps)
+    assert_maps_close(maps, weighted_map(weights, activations, x.shape[2:]))
 
 
 def test_a_layer_called_twice_uses_the_full_forward_path():

@@ -13,6 +13,7 @@ falls back to full forward passes.
 from __future__ import annotations
 
 import itertools
+import operator
 from collections.abc import Sequence
 from typing import Any
 
@@ -115,17 +116,23 @@ class TracedModel:
         for node in self._tail_inputs[layer_index]:
             value = self._recorded[node]
             if node in self._batch_dependent:
-                value = self._for_rows(value, rows)
+                value = self._for_rows(node, value, rows)
             environment[node] = value
         environment[self.layer_nodes[layer_index]] = layer_output
         return self._interpreter.run(initial_env=environment)
 
-    def _for_rows(self, value: Any, rows: list[int]) -> Any:
-        """A recorded batch-dependent value, made to fit ``rows`` instead of the batch."""
+    def _for_rows(self, node: torch.fx.Node, value: Any, rows: list[int]) -> Any:
+        """A recorded batch-dependent value, made to fit ``rows`` instead of the batch.
+
+        An int read from a shape is the batch size when it was read from axis 0 (an
+        ``H`` that happens to equal the batch size is not); an int of unknown origin is
+        taken to be it when it equals the batch size.
+        """
         if isinstance(value, torch.Tensor):
             return repeat_rows(value, rows)
         if isinstance(value, int) and value == self._batch_size:
-            return len(rows)
+            axis = _shape_axis_read_by(node)
+            return len(rows) if axis is None or axis == 0 else value
         if isinstance(value, tuple) and value and value[0] == self._batch_size:
             return type(value)((len(rows), *value[1:]))
         return value
@@ -169,6 +176,26 @@ class _RecordingInterpreter(torch.fx.Interpreter):
         if node in self._to_record:
             self._recorded[node] = value
         return value
+
+
+def _shape_axis_read_by(node: torch.fx.Node) -> int | None:
+    """The axis whose size ``node`` reads (``x.size(1)``, ``x.shape[1]``, ``B, H, W, C =
+    x.shape``), or ``None`` when it is not such a read."""
+    if node.op == "call_method" and node.target == "size":
+        dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+        return dim if isinstance(dim, int) else None
+    if node.op == "call_function" and node.target is operator.getitem:
+        source, index = node.args
+        reads_shape = isinstance(source, torch.fx.Node) and (
+            (source.op == "call_method" and source.target == "size" and len(source.args) == 1)
+            or (
+                source.op == "call_function"
+                and source.target is getattr
+                and source.args[1] == "shape"
+            )
+        )
+        return index if reads_shape and isinstance(index, int) else None
+    return None
 
 
 def _is_int_or_shape(value: Any) -> bool:
