@@ -15,8 +15,11 @@ modules' train/eval flags are restored, gradients are taken with
 from __future__ import annotations
 
 import copy
+import functools
+import inspect
 import itertools
 import numbers
+import os
 import warnings
 from collections.abc import MutableMapping, Sequence
 from contextlib import contextmanager
@@ -32,9 +35,19 @@ from pytorch_grad_cam.activations_and_gradients import LayerRecorder
 from pytorch_grad_cam.utils.maps import first_principal_component, resize_maps, scale_to_unit_range
 from pytorch_grad_cam.utils.model_outputs import OutputSelector, select_output
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+from pytorch_grad_cam.utils.reshape_transforms import (
+    channels_last_to_first,
+    infer_token_grid,
+    looks_channels_last,
+    tokens_to_grid,
+)
 
 ReshapeTransform = Callable[[torch.Tensor], torch.Tensor]
 Target = Callable[[Any], torch.Tensor]
+
+
+class InferredReshapeWarning(UserWarning):
+    """A target layer's output was reshaped by a transform the CAM inferred."""
 
 
 def default_tta_transforms() -> ttach.Compose:
@@ -72,7 +85,11 @@ class BaseCAM:
             the whole batch is explained on the wrapped module's device.
         target_layers: list of submodules of ``model``; their maps are averaged.
         reshape_transform: maps a layer's output (and its gradient) to
-            ``B x C x H x W`` or ``B x C x D x H x W``, e.g. for ViT token sequences.
+            ``B x C x H x W`` or ``B x C x D x H x W``; it is passed the input's
+            ``image_size=(H, W)`` when it takes that keyword. ``None``: token sequences
+            ``B x N x C`` (ViT, DeiT, register tokens) and channels-last ``B x H x W x C``
+            outputs (Swin) are reshaped by an inferred transform, with a warning once
+            per layer naming it; other layouts are used as they are.
         tta_transforms: a ``ttach.Compose`` used by ``aug_smooth=True`` instead of the
             default (horizontal flip x multiply by 0.9 / 1.0 / 1.1).
         output_selector: which part of the model's output holds the scores, when the
@@ -134,6 +151,7 @@ class BaseCAM:
         )
         self.output_selector = output_selector
         self.outputs: Any = None
+        self._announced_layers: set[int] = set()
 
     # ----------------------------------------------------------------- the method's part
     def get_cam_weights(
@@ -226,6 +244,7 @@ class BaseCAM:
         size = input_tensor.shape[2:]
         layer_maps = []
         for index, (layer_output, gradient) in enumerate(zip(layer_outputs, gradients)):
+            transform = self._layer_transform(index, layer_output, size)
             context = LayerContext(
                 model=self.model,
                 layer=self.target_layers[index],
@@ -234,11 +253,11 @@ class BaseCAM:
                 targets=targets,
                 target_scores=scores,
                 layer_output=layer_output,
-                reshape_transform=self.reshape_transform,
+                reshape_transform=transform,
             )
-            activations = self._reshape(index, layer_output)
+            activations = self._reshape(index, layer_output, transform)
             _check_spatial_rank(index, activations, size)
-            gradient = None if gradient is None else self._reshape(index, gradient)
+            gradient = None if gradient is None else self._reshape(index, gradient, transform)
             layer_map = self._layer_map(activations, gradient, eigen_smooth, context)
             layer_map = resize_maps(layer_map, size)
             layer_maps.append(scale_to_unit_range(layer_map) if scale else layer_map)
@@ -274,7 +293,7 @@ class BaseCAM:
                 if self.uses_targets:
                     targets = targets if targets is not None else self._top_classes(output)
                     scores = self._target_scores(output, targets)
-            self.outputs = _detached(output)
+            self.outputs = detached_output(output)
         layer_outputs = _check_reached(recorder.outputs, self.target_layers)
         if self.uses_gradients:
             gradients = _gradients(scores, layer_outputs)
@@ -323,20 +342,67 @@ class BaseCAM:
                 start += count
             return torch.cat(scores)
 
-    def _reshape(self, index: int, tensor: torch.Tensor) -> torch.Tensor:
-        original_shape = tuple(tensor.shape)
+    def _layer_transform(
+        self, index: int, layer_output: torch.Tensor, image_size: Sequence[int]
+    ) -> ReshapeTransform | None:
+        """The reshape applied to one layer's output (and its gradient) in this call.
+
+        The user's ``reshape_transform`` if given (with ``image_size=`` bound when it takes
+        that keyword). Otherwise, for an image: token sequences ``B x N x C`` go through
+        ``tokens_to_grid`` and channels-last ``B x H x W x C`` outputs through
+        ``channels_last_to_first``, announced once per layer with a warning.
+        """
         if self.reshape_transform is not None:
-            tensor = self.reshape_transform(tensor)
+            if _takes_image_size(self.reshape_transform):
+                return functools.partial(self.reshape_transform, image_size=tuple(image_size))
+            return self.reshape_transform
+        if len(image_size) != 2:
+            return None
+        if layer_output.ndim == 3:
+            prefix = getattr(self.model, "num_prefix_tokens", None)
+            prefix = prefix if is_integer(prefix) else None
+            layout = infer_token_grid(layer_output.shape[1], image_size, prefix)
+            self._announce(
+                index,
+                layer_output,
+                f"tokens_to_grid: {layout.prefix_tokens} leading token(s) dropped, the "
+                f"rest laid out as a {layout.height} x {layout.width} grid",
+            )
+            return functools.partial(
+                tokens_to_grid, image_size=tuple(image_size), num_prefix_tokens=prefix
+            )
+        if layer_output.ndim == 4 and looks_channels_last(layer_output.shape, image_size):
+            self._announce(index, layer_output, "channels_last_to_first: B x H x W x C read")
+            return channels_last_to_first
+        return None
+
+    def _announce(self, index: int, layer_output: torch.Tensor, how: str) -> None:
+        if index in self._announced_layers:
+            return
+        self._announced_layers.add(index)
+        layer = type(self.target_layers[index]).__name__
+        _warn_at_caller(
+            f"target_layers[{index}] ({layer}) outputs shape {tuple(layer_output.shape)}, "
+            f"reshaped with pytorch_grad_cam.utils.reshape_transforms.{how}. Pass "
+            "reshape_transform= to choose the layout yourself and silence this warning.",
+            InferredReshapeWarning,
+        )
+
+    def _reshape(
+        self, index: int, tensor: torch.Tensor, transform: ReshapeTransform | None
+    ) -> torch.Tensor:
+        original_shape = tuple(tensor.shape)
+        if transform is not None:
+            tensor = transform(tensor)
         if tensor.ndim not in (4, 5):
             layer = type(self.target_layers[index]).__name__
-            if self.reshape_transform is None:
+            if transform is None:
                 raise ValueError(
                     f"target_layers[{index}] ({layer}) outputs a tensor of shape "
                     f"{original_shape}, but CAM methods need B x C x H x W (or "
-                    "B x C x D x H x W) activations. For a transformer, pass a "
-                    "reshape_transform: pytorch_grad_cam.utils.reshape_transforms."
-                    "vit_reshape_transform for ViT / DeiT tokens (B x 1+H*W x C), "
-                    "swinT_reshape_transform for Swin (B x H*W x C)."
+                    "B x C x D x H x W) activations. Pick a layer before the pooling, or "
+                    "pass a reshape_transform that returns that layout (see "
+                    "pytorch_grad_cam.utils.reshape_transforms)."
                 )
             raise ValueError(
                 f"reshape_transform turned the output of target_layers[{index}] ({layer}), "
@@ -370,7 +436,7 @@ class BaseCAM:
         each image's top class there is what every augmentation explains."""
         with torch.no_grad():
             output = self.model(input_tensor)
-        self.outputs = _detached(output)
+        self.outputs = detached_output(output)
         if targets is not None or not self.uses_targets:
             return targets
         return self._top_classes(output)
@@ -391,6 +457,15 @@ class BaseCAM:
 # --------------------------------------------------------------------- helpers
 def _deprecated(message: str) -> None:
     warnings.warn(message, DeprecationWarning, stacklevel=3)
+
+
+def _warn_at_caller(message: str, category: type[Warning]) -> None:
+    """Warn at the first frame outside this package, however deep the call."""
+    package = os.path.dirname(os.path.abspath(__file__))
+    frame, level = inspect.currentframe(), 1
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(package):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, category, stacklevel=level)
 
 
 def _check_target_layers(model: nn.Module, target_layers: Any) -> list[nn.Module]:
@@ -442,7 +517,7 @@ def _check_input(input_tensor: Any, model: nn.Module) -> torch.Tensor:
         )
     if not bool(torch.isfinite(input_tensor).all()):
         raise ValueError("input_tensor contains NaN or infinite values; check the preprocessing.")
-    device = _model_device(model)
+    device = model_device(model)
     if device is not None and input_tensor.device != device:
         input_tensor = input_tensor.to(device)
     if input_tensor.is_inference():
@@ -450,7 +525,8 @@ def _check_input(input_tensor: Any, model: nn.Module) -> torch.Tensor:
     return input_tensor
 
 
-def _model_device(model: nn.Module) -> torch.device | None:
+def model_device(model: nn.Module) -> torch.device | None:
+    """The device of the model's first parameter (or buffer); ``None`` for neither."""
     for tensor in model.parameters():
         return tensor.device
     for tensor in model.buffers():
@@ -538,6 +614,13 @@ def _gradients(scores: torch.Tensor, activations: list[torch.Tensor]) -> list[to
     return [torch.zeros_like(a) if g is None else g for a, g in zip(activations, gradients)]
 
 
+def _takes_image_size(function: Callable) -> bool:
+    try:
+        return "image_size" in inspect.signature(function).parameters
+    except (TypeError, ValueError):  # a builtin without a signature
+        return False
+
+
 def _check_spatial_rank(index: int, activations: torch.Tensor, size: Sequence[int]) -> None:
     if activations.ndim - 2 != len(size):
         raise ValueError(
@@ -547,18 +630,19 @@ def _check_spatial_rank(index: int, activations: torch.Tensor, size: Sequence[in
         )
 
 
-def _detached(output: Any) -> Any:
+def detached_output(output: Any) -> Any:
+    """``output`` with every tensor in it detached, containers' types kept."""
     if isinstance(output, torch.Tensor):
         return output.detach()
     if isinstance(output, tuple) and hasattr(output, "_fields"):  # a namedtuple
-        return type(output)(*(_detached(item) for item in output))
+        return type(output)(*(detached_output(item) for item in output))
     if isinstance(output, (tuple, list)):
-        return type(output)(_detached(item) for item in output)
+        return type(output)(detached_output(item) for item in output)
     if isinstance(output, MutableMapping):
         # A shallow copy keeps the mapping's type (dict, OrderedDict, ModelOutput).
         detached = copy.copy(output)
         for key, value in output.items():
-            detached[key] = _detached(value)
+            detached[key] = detached_output(value)
         return detached
     return output
 

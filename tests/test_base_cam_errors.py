@@ -53,14 +53,12 @@ def test_layer_never_reached(image_batch):
         cam(image_batch)
 
 
-def test_token_output_without_reshape_transform_points_at_the_helpers():
-    model = TinyTokenModel().eval()
+def test_pooled_output_without_reshape_transform_says_what_is_needed(gap_net, image_batch):
     with pytest.raises(ValueError) as error:
-        GradCAM(model, [model.block])(torch.randn(2, 3, 16, 16))
+        GradCAM(gap_net, [gap_net.fc])(image_batch)
     message = str(error.value)
-    assert "target_layers[0] (Linear)" in message and "(2, 17, 8)" in message
-    assert "reshape_transform" in message and "vit_reshape_transform" in message
-    assert "swinT_reshape_transform" in message
+    assert "target_layers[0] (Linear)" in message and "(3, 5)" in message
+    assert "B x C x H x W" in message and "reshape_transform" in message
 
 
 def test_token_output_with_the_vit_transform_works():

@@ -12,7 +12,11 @@ from torch import nn
 from pytorch_grad_cam import GradCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from pytorch_grad_cam.utils.reshape_transforms import (
+    channels_last_to_first,
+    infer_token_grid,
+    looks_channels_last,
     swinT_reshape_transform,
+    tokens_to_grid,
     vit_reshape_transform,
 )
 
@@ -237,3 +241,67 @@ def test_gradcam_with_swin_transform_channels_last():
     np.testing.assert_allclose(swin, grid_cam, atol=1e-6)
     assert swin.shape == (2, 6, 8)
     np.testing.assert_allclose(swin.max(axis=(1, 2)), [1.0, 1.0], atol=1e-6)
+
+
+# --------------------------------------------------------------------- inferred grids
+@pytest.mark.parametrize(
+    "leading, height, width, image_size",
+    [
+        (1, 14, 14, (224, 224)),  # ViT / DeiT: a class token
+        (2, 14, 14, (224, 224)),  # distilled DeiT: class and distillation tokens
+        (5, 16, 16, (224, 224)),  # a class token and 4 register tokens (patch 14)
+        (1, 24, 24, (384, 384)),  # ViT at 384 px
+        (1, 14, 28, (224, 448)),  # a wide image
+        (1, 17, 14, (270, 225)),  # a tall image, sizes not multiples of the patch
+        (0, 7, 7, (224, 224)),  # Swin's token sequence: no leading tokens
+        (0, 3, 5, (48, 80)),
+    ],
+)
+def test_tokens_to_grid_round_trip(leading, height, width, image_size):
+    expected = grid(batch=2, channels=3, height=height, width=width)
+    tokens = with_leading_tokens(to_tokens(expected), leading)
+    assert infer_token_grid(tokens.shape[1], image_size) == (leading, height, width)
+    assert torch.equal(tokens_to_grid(tokens, image_size=image_size), expected)
+
+
+def test_tokens_to_grid_without_image_size_takes_a_square_grid():
+    expected = grid(batch=1, channels=2, height=14, width=14)
+    assert torch.equal(tokens_to_grid(with_leading_tokens(to_tokens(expected), 1)), expected)
+    assert infer_token_grid(49) == (0, 7, 7)
+
+
+def test_num_prefix_tokens_overrides_the_inference():
+    # 17 tokens of a square image read as 1 + 4 x 4; told 5 leading tokens, 3 x 4 remain.
+    assert infer_token_grid(17, (16, 16)) == (1, 4, 4)
+    assert infer_token_grid(17, (12, 16), num_prefix_tokens=5) == (5, 3, 4)
+    expected = grid(batch=1, channels=2, height=3, width=4)
+    tokens = with_leading_tokens(to_tokens(expected), 5)
+    assert torch.equal(tokens_to_grid(tokens, (12, 16), num_prefix_tokens=5), expected)
+
+
+@pytest.mark.parametrize(
+    "num_tokens, image_size, prefix, leading",
+    [
+        (1000, (224, 224), None, "0 to 16 leading tokens"),  # no square in 984..1000
+        (1 + 14 * 28 + 3, (224, 448), 1, "1 leading tokens"),
+    ],
+)
+def test_tokens_that_form_no_grid(num_tokens, image_size, prefix, leading):
+    with pytest.raises(ValueError) as info:
+        infer_token_grid(num_tokens, image_size, num_prefix_tokens=prefix)
+    message = str(info.value)
+    assert f"{num_tokens} tokens do not form a patch grid" in message
+    assert f"{image_size[0]} x {image_size[1]} after dropping {leading}" in message
+    assert "vit_reshape_transform" in message
+
+
+def test_channels_last_round_trip_and_detection():
+    expected = grid(batch=2, channels=96, height=7, width=7)
+    channels_last = expected.permute(0, 2, 3, 1).contiguous()
+    assert torch.equal(channels_last_to_first(channels_last), expected)
+    assert looks_channels_last(channels_last.shape, (224, 224))  # Swin, last stage
+    assert looks_channels_last((1, 56, 56, 96), (224, 224))  # Swin, first stage
+    assert looks_channels_last((1, 2, 4, 768), (64, 128))
+    assert not looks_channels_last((1, 2048, 7, 7), (224, 224))  # a ResNet's layer4
+    assert not looks_channels_last((1, 512, 1, 1), (32, 32))  # pooled
+    assert not looks_channels_last((1, 7, 7, 7), (224, 224))  # ambiguous: channels first

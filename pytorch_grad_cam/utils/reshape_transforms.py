@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
+from typing import NamedTuple
+
 import torch
 
 
@@ -33,3 +37,114 @@ def _check_tokens(tensor: torch.Tensor, grid_tokens: int, name: str, exact: bool
             f"{grid_tokens}, got {tuple(tensor.shape)}; pass the height and width of the "
             "patch grid, e.g. functools.partial(" + name + ", height=24, width=24) for 384 px."
         )
+
+
+# --------------------------------------------------------------------- grids inferred
+class TokenGrid(NamedTuple):
+    """How a token sequence lays out: ``prefix_tokens`` leading tokens (class,
+    distillation, register), then a ``height x width`` patch grid in row-major order."""
+
+    prefix_tokens: int
+    height: int
+    width: int
+
+
+#: The most leading tokens inferred: a class token, a distillation token and up to 14
+#: register tokens. Pass ``num_prefix_tokens`` for more.
+MAX_PREFIX_TOKENS = 16
+
+
+def infer_token_grid(
+    num_tokens: int,
+    image_size: Sequence[int] | None = None,
+    num_prefix_tokens: int | None = None,
+) -> TokenGrid:
+    """The patch grid of ``num_tokens`` tokens of an image of ``image_size`` (height, width).
+
+    The fewest leading tokens (0 to ``MAX_PREFIX_TOKENS``, or exactly ``num_prefix_tokens``)
+    such that the rest factor into a grid that one patch stride maps onto the image; of
+    such factorisations, the one whose aspect ratio is closest to the image's. Without
+    ``image_size`` the image is taken to be square.
+    """
+    image_height, image_width = (1, 1) if image_size is None else (int(s) for s in image_size)
+    prefixes = (
+        range(min(MAX_PREFIX_TOKENS, num_tokens - 1) + 1)
+        if num_prefix_tokens is None
+        else [num_prefix_tokens]
+    )
+    if image_size is None:
+        image_height = image_width = max(num_tokens, 1)  # square: any common stride fits
+    for prefix in prefixes:
+        patches = num_tokens - prefix
+        grids = [
+            (height, patches // height)
+            for height in range(1, patches + 1)
+            if patches % height == 0
+            and _one_stride_fits(height, patches // height, image_height, image_width)
+        ]
+        if grids:
+            aspect = math.log(image_height / image_width)
+            height, width = min(grids, key=lambda g: abs(math.log(g[0] / g[1]) - aspect))
+            return TokenGrid(prefix, height, width)
+    size = "a square image" if image_size is None else f"an image of {image_height} x {image_width}"
+    leading = (
+        f"{num_prefix_tokens} leading tokens"
+        if num_prefix_tokens is not None
+        else f"0 to {MAX_PREFIX_TOKENS} leading tokens"
+    )
+    raise ValueError(
+        f"{num_tokens} tokens do not form a patch grid of {size} after dropping {leading}; "
+        "pass a reshape_transform that knows the layout, e.g. functools.partial("
+        "vit_reshape_transform, height=..., width=...) from "
+        "pytorch_grad_cam.utils.reshape_transforms."
+    )
+
+
+def _one_stride_fits(height: int, width: int, image_height: int, image_width: int) -> bool:
+    """Whether one patch stride ``s`` gives ``height`` rows and ``width`` columns, both
+    rounded down (``floor(image_height / s) == height``) or both rounded up."""
+    rounded_down = max(image_height / (height + 1), image_width / (width + 1)) < min(
+        image_height / height, image_width / width
+    )
+    rounded_up = max(image_height / height, image_width / width) < min(
+        image_height / (height - 1) if height > 1 else math.inf,
+        image_width / (width - 1) if width > 1 else math.inf,
+    )
+    return rounded_down or rounded_up
+
+
+def tokens_to_grid(
+    tensor: torch.Tensor,
+    image_size: Sequence[int] | None = None,
+    num_prefix_tokens: int | None = None,
+) -> torch.Tensor:
+    """Tokens ``B x N x C`` -> ``B x C x H x W``, the grid inferred (``infer_token_grid``).
+
+    For ViT, DeiT (class and distillation tokens), ViTs with register tokens and any
+    input size. As a ``reshape_transform``, ``BaseCAM`` passes the input's ``image_size``.
+    """
+    if tensor.ndim != 3:
+        raise ValueError(
+            f"tokens_to_grid: expected tokens of shape B x N x C, got {tuple(tensor.shape)}."
+        )
+    layout = infer_token_grid(tensor.size(1), image_size, num_prefix_tokens)
+    return vit_reshape_transform(tensor, layout.height, layout.width)
+
+
+def channels_last_to_first(tensor: torch.Tensor) -> torch.Tensor:
+    """``B x H x W x C`` (torchvision's and timm's Swin, ConvNeXt blocks) -> ``B x C x H x W``."""
+    if tensor.ndim != 4:
+        raise ValueError(
+            f"channels_last_to_first: expected B x H x W x C, got {tuple(tensor.shape)}."
+        )
+    return tensor.permute(0, 3, 1, 2)
+
+
+def looks_channels_last(shape: Sequence[int], image_size: Sequence[int]) -> bool:
+    """Whether a ``B x d1 x d2 x d3`` output is ``B x H x W x C``: ``(d1, d2)`` is a grid of
+    the image and ``(d2, d3)`` is not. Ambiguous shapes are taken as ``B x C x H x W``."""
+    _, first, second, third = shape
+    image_height, image_width = image_size
+    return _one_stride_fits(first, second, image_height, image_width) and not _one_stride_fits(
+        second, third, image_height, image_width
+    )
