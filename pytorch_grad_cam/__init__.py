@@ -1,6 +1,7 @@
 """gradcam: Class Activation Map methods for PyTorch (import name ``pytorch_grad_cam``)."""
 
 from pytorch_grad_cam.ablation_cam import AblationCAM
+from pytorch_grad_cam.attention_rollout import AttentionRollout
 from pytorch_grad_cam.base_cam import BaseCAM
 from pytorch_grad_cam.eigen_cam import EigenCAM
 from pytorch_grad_cam.eigen_grad_cam import EigenGradCAM
@@ -17,6 +18,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AblationCAM",
+    "AttentionRollout",
     "BaseCAM",
     "EigenCAM",
     "EigenGradCAM",
