@@ -170,8 +170,9 @@ class AblationCAM(PerturbationCAM):
         if problem is None:
             problem, tail_scores = self._tail_scores(context)
         if problem is None:
-            recorded = traced.layer_output(context.layer_index)
-            tensor, rebuild = split_first_tensor(recorded)
+            # The recorder's copy: the traced value may have been changed in place downstream.
+            tensor = context.layer_output
+            _, rebuild = split_first_tensor(traced.layer_output(context.layer_index))
             # One buffer for every chunk: the rows are copied in, then ablated in place.
             buffer = torch.empty(
                 (batch_size, *tensor.shape[1:]), dtype=tensor.dtype, device=tensor.device
@@ -206,7 +207,8 @@ class AblationCAM(PerturbationCAM):
         batch = context.input_tensor.shape[0]
         rows = [*range(batch), 0]
         with torch.inference_mode():
-            tensor, rebuild = split_first_tensor(traced.layer_output(context.layer_index))
+            tensor = context.layer_output
+            _, rebuild = split_first_tensor(traced.layer_output(context.layer_index))
             try:
                 output = traced.run_tail(
                     context.layer_index, rebuild(repeat_rows(tensor, rows)), rows

@@ -7,9 +7,9 @@ When gradients are wanted, the forward pass starts with autograd off and each
 target layer's hook turns it on: the gradient of the score with respect to a
 layer's output only flows through what is computed after that output exists, so
 the part of the network before the first target layer needs no graph. The hook
-also hands the rest of the network a copy of the output, so that an in-place
-operation downstream (``ReLU(inplace=True)``) cannot overwrite the recorded
-activations or their place in the graph.
+always hands the rest of the network a copy of the output, so that an in-place
+operation downstream (DenseNet's ``F.relu(features, inplace=True)``) cannot overwrite
+the recorded activations or their place in the graph.
 """
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ class LayerRecorder:
                 )
             if not self.track_gradients:
                 self.outputs[index] = tensor.detach()
-                return None
+                return rebuild(tensor.clone())
             torch.set_grad_enabled(True)
             if not tensor.requires_grad:
                 tensor = tensor.detach().requires_grad_(True)

@@ -12,7 +12,14 @@ import torchvision
 from conftest import GapLinearNet
 from torch import nn
 
-from pytorch_grad_cam import EigenCAM, GradCAM, GradCAMPlusPlus, LayerCAM
+from pytorch_grad_cam import (
+    AblationCAM,
+    EigenCAM,
+    GradCAM,
+    GradCAMPlusPlus,
+    LayerCAM,
+    ScoreCAM,
+)
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
 HOOK_DICTS = (
@@ -184,7 +191,9 @@ def vgg_like(inplace: bool) -> nn.Module:
     ).eval()
 
 
-@pytest.mark.parametrize("method", [GradCAM, LayerCAM, GradCAMPlusPlus])
+@pytest.mark.parametrize(
+    "method", [GradCAM, LayerCAM, GradCAMPlusPlus, EigenCAM, AblationCAM, ScoreCAM]
+)
 def test_inplace_relu_after_the_target_layer_changes_nothing(method):
     x = torch.randn(2, 3, 10, 10)
     targets = [ClassifierOutputTarget(1), ClassifierOutputTarget(2)]
