@@ -11,6 +11,7 @@ from pytorch_grad_cam.grad_cam_plusplus import GradCAMPlusPlus
 from pytorch_grad_cam.guided_backprop import GuidedBackpropReLUModel
 from pytorch_grad_cam.hirescam import HiResCAM
 from pytorch_grad_cam.layer_cam import LayerCAM
+from pytorch_grad_cam.original_cam import CAM
 from pytorch_grad_cam.score_cam import ScoreCAM
 from pytorch_grad_cam.xgrad_cam import XGradCAM
 
@@ -20,6 +21,7 @@ __all__ = [
     "AblationCAM",
     "AttentionRollout",
     "BaseCAM",
+    "CAM",
     "EigenCAM",
     "EigenGradCAM",
     "GradCAM",

@@ -381,7 +381,7 @@ class BaseCAM:
             return
         self._announced_layers.add(index)
         layer = type(self.target_layers[index]).__name__
-        _warn_at_caller(
+        warn_at_caller(
             f"target_layers[{index}] ({layer}) outputs shape {tuple(layer_output.shape)}, "
             f"reshaped with pytorch_grad_cam.utils.reshape_transforms.{how}. Pass "
             "reshape_transform= to choose the layout yourself and silence this warning.",
@@ -459,7 +459,7 @@ def _deprecated(message: str) -> None:
     warnings.warn(message, DeprecationWarning, stacklevel=3)
 
 
-def _warn_at_caller(message: str, category: type[Warning]) -> None:
+def warn_at_caller(message: str, category: type[Warning]) -> None:
     """Warn at the first frame outside this package, however deep the call."""
     package = os.path.dirname(os.path.abspath(__file__))
     frame, level = inspect.currentframe(), 1

@@ -13,6 +13,7 @@ from conftest import GapLinearNet
 from torch import nn
 
 from pytorch_grad_cam import (
+    CAM,
     AblationCAM,
     EigenCAM,
     GradCAM,
@@ -192,8 +193,9 @@ def vgg_like(inplace: bool) -> nn.Module:
 
 
 @pytest.mark.parametrize(
-    "method", [GradCAM, LayerCAM, GradCAMPlusPlus, EigenCAM, AblationCAM, ScoreCAM]
+    "method", [GradCAM, LayerCAM, GradCAMPlusPlus, EigenCAM, AblationCAM, ScoreCAM, CAM]
 )
+@pytest.mark.filterwarnings("ignore:CAM. the model's scores are not")
 def test_inplace_relu_after_the_target_layer_changes_nothing(method):
     x = torch.randn(2, 3, 10, 10)
     targets = [ClassifierOutputTarget(1), ClassifierOutputTarget(2)]
