@@ -88,12 +88,13 @@ class TracedModel:
         (``bs = x.size(0)`` before the layer, ``x.view(bs, -1)`` after it). An int, or a
         shape whose first entry, equals the recorded batch size is taken to be it and is
         replaced by the chunk's row count (the caller's check on a different row count
-        confirms it); any other such value stops the tail.
+        confirms it); ``None``, flags, floats and strings are kept; any other such value
+        stops the tail.
         """
         for node in self._tail_inputs[layer_index]:
             value = self._recorded[node]
             if node in self._batch_dependent and not isinstance(value, torch.Tensor):
-                if not _is_int_or_shape(value):
+                if not (_is_int_or_shape(value) or _holds_no_batch_size(value)):
                     return (
                         f"the part after the layer uses {node.name} = {value!r}, computed "
                         "from the input before the layer"
@@ -196,6 +197,12 @@ def _shape_axis_read_by(node: torch.fx.Node) -> int | None:
         )
         return index if reads_shape and isinstance(index, int) else None
     return None
+
+
+def _holds_no_batch_size(value: Any) -> bool:
+    """Values that cannot carry a batch size: ``None`` (timm's ``attn_mask``), flags,
+    floats, strings, dtypes and devices."""
+    return value is None or isinstance(value, (bool, float, str, torch.dtype, torch.device))
 
 
 def _is_int_or_shape(value: Any) -> bool:
