@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import functools
+import warnings
 
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
-from pytorch_grad_cam import GradCAM
+from pytorch_grad_cam import AblationCAM, GradCAM
+from pytorch_grad_cam.base_cam import InferredReshapeWarning
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from pytorch_grad_cam.utils.reshape_transforms import (
     channels_last_to_first,
@@ -252,7 +254,7 @@ def test_gradcam_with_swin_transform_channels_last():
         (5, 16, 16, (224, 224)),  # a class token and 4 register tokens (patch 14)
         (1, 24, 24, (384, 384)),  # ViT at 384 px
         (1, 14, 28, (224, 448)),  # a wide image
-        (1, 17, 14, (270, 225)),  # a tall image, sizes not multiples of the patch
+        (1, 16, 14, (270, 225)),  # a tall image, sizes not multiples of the patch (16)
         (0, 7, 7, (224, 224)),  # Swin's token sequence: no leading tokens
         (0, 3, 5, (48, 80)),
     ],
@@ -305,3 +307,71 @@ def test_channels_last_round_trip_and_detection():
     assert not looks_channels_last((1, 2048, 7, 7), (224, 224))  # a ResNet's layer4
     assert not looks_channels_last((1, 512, 1, 1), (32, 32))  # pooled
     assert not looks_channels_last((1, 7, 7, 7), (224, 224))  # ambiguous: channels first
+
+
+# --------------------------------------------------------------------- inferred by the CAM
+def test_the_cam_infers_the_vit_layout_and_says_so_once():
+    model = TinyViT(height=3, width=4, leading=4).eval()  # 4 leading tokens, 3 x 4 patches
+    x = torch.randn(2, 3, 6, 8, generator=torch.Generator().manual_seed(1))
+    explicit = GradCAM(
+        model,
+        [model.block],
+        reshape_transform=functools.partial(vit_reshape_transform, height=3, width=4),
+    )(x)
+    cam = GradCAM(model, [model.block])
+    with pytest.warns(InferredReshapeWarning) as caught:
+        inferred = cam(x)
+    np.testing.assert_array_equal(inferred, explicit)
+    assert len(caught) == 1
+    message = str(caught[0].message)
+    assert message.startswith("target_layers[0] (Identity) outputs shape (2, 16, 4)")
+    assert (
+        "tokens_to_grid: 4 leading token(s) dropped, the rest laid out as a 3 x 4 grid" in message
+    )
+    assert "Pass reshape_transform=" in message
+    assert caught[0].filename == __file__  # the warning points at the caller's line
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # said once per layer: the next call is silent
+        np.testing.assert_array_equal(cam(x), explicit)
+
+
+def test_ablation_cam_traces_channels_through_the_inferred_transform():
+    model = TinyViT(height=3, width=4, leading=1).double().eval()
+    x = torch.randn(2, 3, 6, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    transform = functools.partial(vit_reshape_transform, height=3, width=4)
+    explicit = AblationCAM(model, [model.block], reshape_transform=transform)(x)
+    with pytest.warns(InferredReshapeWarning):
+        inferred = AblationCAM(model, [model.block])(x)
+    np.testing.assert_array_equal(inferred, explicit)
+    assert explicit.reshape(2, -1).max(axis=1).tolist() == [1.0, 1.0]
+
+
+def test_a_reshape_transform_that_takes_image_size_is_given_the_inputs():
+    model = TinyViT(height=3, width=4, leading=1).eval()
+    x = torch.randn(2, 3, 6, 8, generator=torch.Generator().manual_seed(3))
+    seen = []
+
+    def transform(tensor, image_size=None):
+        seen.append(image_size)
+        return tokens_to_grid(tensor, image_size=image_size)
+
+    maps = GradCAM(model, [model.block], reshape_transform=transform)(x)
+    assert seen == [(6, 8), (6, 8)]  # the activations and their gradient
+    expected = GradCAM(model, [model.block], reshape_transform=tokens_to_grid)(x)
+    np.testing.assert_array_equal(maps, expected)
+
+
+def test_an_ambiguous_four_dimensional_output_is_read_as_channels_first(recwarn):
+    # A conv with 4 channels on a 4 x 4 map of a 4 x 4 image: B x 4 x 4 x 4 could be either
+    # layout; channels first is kept, without a warning.
+    model = torch.nn.Sequential(
+        nn.Conv2d(3, 4, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2)
+    ).eval()
+    x = torch.randn(1, 3, 4, 4)
+    maps = GradCAM(model, [model[0]])(x, scale=False, as_tensor=True)
+    with torch.no_grad():
+        activations = model[0](x)
+        weights = model[3].weight[model(x).argmax(1)] / 16
+    expected = torch.relu(torch.einsum("bc,bchw->bhw", weights, activations))
+    torch.testing.assert_close(maps, expected)
+    assert not [w for w in recwarn if issubclass(w.category, InferredReshapeWarning)]

@@ -62,8 +62,9 @@ def infer_token_grid(
     """The patch grid of ``num_tokens`` tokens of an image of ``image_size`` (height, width).
 
     The fewest leading tokens (0 to ``MAX_PREFIX_TOKENS``, or exactly ``num_prefix_tokens``)
-    such that the rest factor into a grid that one patch stride maps onto the image; of
-    such factorisations, the one whose aspect ratio is closest to the image's. Without
+    such that the rest factor into a grid that one integer patch stride gives the image
+    (its size divided by the stride, rounded down, or up, on both axes); of such
+    factorisations, the one whose aspect ratio is closest to the image's. Without
     ``image_size`` the image is taken to be square.
     """
     image_height, image_width = (1, 1) if image_size is None else (int(s) for s in image_size)
@@ -74,6 +75,7 @@ def infer_token_grid(
     )
     if image_size is None:
         image_height = image_width = max(num_tokens, 1)  # square: any common stride fits
+    aspect = math.log(image_height / image_width)
     for prefix in prefixes:
         patches = num_tokens - prefix
         grids = [
@@ -83,7 +85,6 @@ def infer_token_grid(
             and _one_stride_fits(height, patches // height, image_height, image_width)
         ]
         if grids:
-            aspect = math.log(image_height / image_width)
             height, width = min(grids, key=lambda g: abs(math.log(g[0] / g[1]) - aspect))
             return TokenGrid(prefix, height, width)
     size = "a square image" if image_size is None else f"an image of {image_height} x {image_width}"
@@ -101,16 +102,31 @@ def infer_token_grid(
 
 
 def _one_stride_fits(height: int, width: int, image_height: int, image_width: int) -> bool:
-    """Whether one patch stride ``s`` gives ``height`` rows and ``width`` columns, both
-    rounded down (``floor(image_height / s) == height``) or both rounded up."""
-    rounded_down = max(image_height / (height + 1), image_width / (width + 1)) < min(
-        image_height / height, image_width / width
+    """Whether one integer stride ``s`` gives ``height`` rows and ``width`` columns, both
+    rounded down (``image_height // s == height``) or both rounded up."""
+    rounded_down = _overlap(
+        _strides_rounding_down(image_height, height), _strides_rounding_down(image_width, width)
     )
-    rounded_up = max(image_height / height, image_width / width) < min(
-        image_height / (height - 1) if height > 1 else math.inf,
-        image_width / (width - 1) if width > 1 else math.inf,
+    rounded_up = _overlap(
+        _strides_rounding_up(image_height, height), _strides_rounding_up(image_width, width)
     )
     return rounded_down or rounded_up
+
+
+def _strides_rounding_down(size: int, count: int) -> tuple[int, int]:
+    """The integer strides ``s`` with ``size // s == count``, as an inclusive range."""
+    return size // (count + 1) + 1, size // count
+
+
+def _strides_rounding_up(size: int, count: int) -> tuple[int, int]:
+    """The integer strides ``s`` with ``ceil(size / s) == count``, as an inclusive range."""
+    low = -(-size // count)
+    high = -(-size // (count - 1)) - 1 if count > 1 else size
+    return low, high
+
+
+def _overlap(first: tuple[int, int], second: tuple[int, int]) -> bool:
+    return max(first[0], second[0]) <= min(first[1], second[1])
 
 
 def tokens_to_grid(
