@@ -16,7 +16,7 @@ def python_blocks() -> list[str]:
 
 
 def test_the_library_example_runs_and_gives_scaled_maps():
-    (example,) = python_blocks()
+    example = python_blocks()[0]
     namespace: dict = {}
     torch.manual_seed(0)  # random weights: some seeds give a class no positive evidence
     exec(compile(example, str(README), "exec"), namespace)
@@ -27,6 +27,19 @@ def test_the_library_example_runs_and_gives_scaled_maps():
     assert namespace["visualization"].shape == (224, 224, 3)
     assert namespace["model_outputs"].shape == (2, 1000)
     assert namespace["cam"].outputs is None  # released when the with block ended
+
+
+def test_the_attention_rollout_example_runs_on_a_timm_deit():
+    import timm
+
+    (rollout_example,) = [block for block in python_blocks() if "AttentionRollout" in block]
+    torch.manual_seed(0)
+    model = timm.create_model("deit_tiny_patch16_224", pretrained=False, img_size=64)
+    namespace: dict = {"model": model.eval(), "input_tensor": torch.randn(2, 3, 64, 64)}
+    exec(compile(rollout_example, str(README), "exec"), namespace)
+    maps = namespace["maps"]
+    assert maps.shape == (2, 64, 64) and maps.dtype == np.float32
+    assert maps.min() == 0.0 and maps.reshape(2, -1).max(axis=1).tolist() == [1.0, 1.0]
 
 
 def test_ci_runs_the_readme_test_command():
