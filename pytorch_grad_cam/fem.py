@@ -1,0 +1,83 @@
+"""FEM, the Feature Explanation Method (Fuad, Martin, Giot, Bourqui, Benois-Pineau and Zemmari,
+"Features Understanding in 3D CNNs for Actions Recognition in Video", IPTA 2020)."""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import ttach
+from torch import nn
+
+from pytorch_grad_cam.base_cam import BaseCAM, LayerContext, ReshapeTransform
+from pytorch_grad_cam.utils.maps import spatial_axes
+from pytorch_grad_cam.utils.model_outputs import OutputSelector
+
+
+class FEM(BaseCAM):
+    """The channels' strong responses, weighted by the channels' mean: no gradients, no target.
+
+    For each image and channel ``k`` of the activations ``A`` (``N`` positions):
+    ``mu_k = mean_ij A^k_ij``, ``sigma_k = sqrt(mean_ij (A^k_ij - mu_k)^2)`` (the
+    population standard deviation), the binary mask
+    ``M^k_ij = 1 if A^k_ij > mu_k + k * sigma_k else 0`` (a channel's outliers, if its
+    values were Gaussian), the channel weight ``w_k = mu_k``;
+
+    ``map = ReLU(sum_k w_k M^k)``.
+
+    A constant channel has an empty mask. The map is class-agnostic (like EigenCAM): the
+    targets are not used, and one forward pass is run.
+
+    Args:
+        k: how many standard deviations above its mean a channel's value must be to count
+            as a strong response (default 2).
+
+    The other arguments are those of :class:`~pytorch_grad_cam.base_cam.BaseCAM`.
+    """
+
+    uses_gradients = False
+    uses_targets = False
+
+    def __init__(
+        self,
+        model: nn.Module,
+        target_layers: Sequence[nn.Module] | None = None,
+        reshape_transform: ReshapeTransform | None = None,
+        tta_transforms: ttach.Compose | None = None,
+        output_selector: OutputSelector = None,
+        k: float = 2.0,
+        *,
+        target_layer: nn.Module | None = None,
+        use_cuda: bool | None = None,
+    ) -> None:
+        super().__init__(
+            model,
+            target_layers,
+            reshape_transform,
+            tta_transforms,
+            output_selector,
+            target_layer=target_layer,
+            use_cuda=use_cuda,
+        )
+        self.k = _check_k(k)
+
+    def weighted_activations(
+        self, activations: torch.Tensor, gradients: torch.Tensor | None, context: LayerContext
+    ) -> torch.Tensor:
+        axes = spatial_axes(activations)
+        mean = activations.mean(dim=axes, keepdim=True)
+        std = activations.std(dim=axes, keepdim=True, correction=0)
+        mask = activations > mean + self.k * std
+        return mean * mask
+
+
+def _check_k(k: Any) -> float:
+    if isinstance(k, bool) or not isinstance(k, numbers.Real) or not math.isfinite(k):
+        raise ValueError(
+            f"k must be a finite number (how many standard deviations above a channel's mean "
+            f"a value must be to enter the mask), got {k!r}; the paper uses k=2."
+        )
+    return float(k)
