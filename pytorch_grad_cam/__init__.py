@@ -3,15 +3,18 @@
 from pytorch_grad_cam.ablation_cam import AblationCAM
 from pytorch_grad_cam.attention_rollout import AttentionRollout
 from pytorch_grad_cam.base_cam import BaseCAM
+from pytorch_grad_cam.deep_feature_factorization import DeepFeatureFactorization
 from pytorch_grad_cam.eigen_cam import EigenCAM
 from pytorch_grad_cam.eigen_grad_cam import EigenGradCAM
 from pytorch_grad_cam.fem import FEM
 from pytorch_grad_cam.finer_cam import FinerCAM
+from pytorch_grad_cam.fullgrad import FullGrad
 from pytorch_grad_cam.grad_cam import GradCAM
 from pytorch_grad_cam.grad_cam_elementwise import GradCAMElementWise
 from pytorch_grad_cam.grad_cam_plusplus import GradCAMPlusPlus
 from pytorch_grad_cam.guided_backprop import GuidedBackpropReLUModel
 from pytorch_grad_cam.hirescam import HiResCAM
+from pytorch_grad_cam.is_cam import ISCAM
 from pytorch_grad_cam.kpca_cam import KPCA_CAM
 from pytorch_grad_cam.layer_cam import LayerCAM
 from pytorch_grad_cam.original_cam import CAM
@@ -19,6 +22,8 @@ from pytorch_grad_cam.refine_cam import RefineCAM
 from pytorch_grad_cam.score_cam import ScoreCAM
 from pytorch_grad_cam.seg_eigen_cam import SegEigenCAM
 from pytorch_grad_cam.shapley_cam import ShapleyCAM
+from pytorch_grad_cam.smooth_grad_cam_pp import SmoothGradCAMpp
+from pytorch_grad_cam.ss_cam import SSCAM
 from pytorch_grad_cam.xgrad_cam import XGradCAM
 
 __version__ = "0.1.0"
@@ -28,20 +33,25 @@ __all__ = [
     "AttentionRollout",
     "BaseCAM",
     "CAM",
+    "DeepFeatureFactorization",
     "EigenCAM",
     "EigenGradCAM",
     "FEM",
     "FinerCAM",
+    "FullGrad",
     "GradCAM",
     "GradCAMElementWise",
     "GradCAMPlusPlus",
     "GuidedBackpropReLUModel",
     "HiResCAM",
+    "ISCAM",
     "KPCA_CAM",
     "LayerCAM",
     "RefineCAM",
     "ScoreCAM",
     "SegEigenCAM",
     "ShapleyCAM",
+    "SmoothGradCAMpp",
+    "SSCAM",
     "XGradCAM",
 ]

@@ -57,7 +57,8 @@ class ScoreCAM(PerturbationCAM):
                 canonical = scale_to_unit_range(activations[image].flatten(1))
                 maps, inverse = torch.unique(canonical, dim=0, return_inverse=True)
                 distinct.append((maps.view(-1, *activations.shape[2:]), inverse))
-            rows = min(batch_size, max(maps.shape[0] for maps, _ in distinct))
+            variants = self._variants()
+            rows = min(batch_size, variants * max(maps.shape[0] for maps, _ in distinct))
             buffer = torch.empty(
                 (rows, *input_tensor.shape[1:]),
                 dtype=input_tensor.dtype,
@@ -86,24 +87,52 @@ class ScoreCAM(PerturbationCAM):
         bar: Any,
     ) -> torch.Tensor:
         """The target's score on ``image`` masked with each of ``maps`` (``N x *spatial``,
-        normalised), ``buffer.shape[0]`` masked images per forward pass."""
+        normalised), averaged over the method's variants of each masked image,
+        ``buffer.shape[0]`` masked images per forward pass.
+
+        Row ``r`` of the ``variants * N`` rows is variant ``r // N`` of mask ``r % N``.
+        """
+        distinct = maps.shape[0]
+        variants = self._variants()
         size = image.shape[1:]
-        chunks = []
-        for start in range(0, maps.shape[0], buffer.shape[0]):
-            chunk = maps[start : start + buffer.shape[0]]
-            count = chunk.shape[0]
-            masks = _upsampled_masks(chunk, size)
-            masked = torch.mul(masks.unsqueeze(1), image, out=buffer[:count])
-            chunks.append(self._target_scores(self.model(masked), [target] * count))
+        sums = None
+        for start in range(0, variants * distinct, buffer.shape[0]):
+            rows = range(start, min(start + buffer.shape[0], variants * distinct))
+            index = torch.arange(rows.start, rows.stop, device=maps.device) % distinct
+            masks = _upsampled_masks(maps[index], size)
+            masked = self._fill_masked(buffer[: len(rows)], masks, image, rows, distinct)
+            scores = self._target_scores(self.model(masked), [target] * len(rows))
+            sums = scores.new_zeros(distinct) if sums is None else sums
+            sums.index_add_(0, index.to(scores.device), scores)
             if bar is not None:
                 bar.update(1)
-        return torch.cat(chunks)
+        return sums / variants
+
+    # ------------------------------------------------- hooks for the smoothed variants
+    def _variants(self) -> int:
+        """How many variants of each masked image are scored (their scores are averaged);
+        ScoreCAM scores the masked image itself."""
+        return 1
+
+    def _fill_masked(
+        self,
+        out: torch.Tensor,
+        masks: torch.Tensor,
+        image: torch.Tensor,
+        rows: range,
+        distinct: int,
+    ) -> torch.Tensor:
+        """Write the inputs of ``rows`` into ``out`` and return it: ``image * mask``, each
+        mask (``len(rows) x *spatial``, upsampled) broadcast over the image's channels."""
+        return torch.mul(masks.unsqueeze(1), image, out=out)
 
     def _progress(self, distinct: list, rows: int, layer_index: int) -> Any:
         if not self.progress_bar:
             return None
-        passes = sum(-(-maps.shape[0] // rows) for maps, _ in distinct)
-        return tqdm(total=passes, desc=f"ScoreCAM, target layer {layer_index}", unit="batch")
+        variants = self._variants()
+        passes = sum(-(-variants * maps.shape[0] // rows) for maps, _ in distinct)
+        name = type(self).__name__
+        return tqdm(total=passes, desc=f"{name}, target layer {layer_index}", unit="batch")
 
 
 def _upsampled_masks(maps: torch.Tensor, size: Sequence[int]) -> torch.Tensor:

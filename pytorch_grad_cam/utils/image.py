@@ -8,6 +8,9 @@ import cv2
 import numpy as np
 import torch
 
+from pytorch_grad_cam.utils.factorization_image import (
+    show_factorization_on_image as show_factorization_on_image,  # re-exported: API.md
+)
 from pytorch_grad_cam.utils.maps import resize_maps, scale_to_unit_range
 
 

@@ -1,0 +1,179 @@
+"""Deep Feature Factorization (Collins, Achanta & Süsstrunk, ECCV 2018,
+https://arxiv.org/abs/1806.10206)."""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Sequence
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from pytorch_grad_cam.base_cam import (
+    BaseCAM,
+    ReshapeTransform,
+    _check_input,
+    model_in_eval_mode,
+)
+from pytorch_grad_cam.utils.maps import resize_maps, scale_to_unit_range
+from pytorch_grad_cam.utils.model_outputs import OutputSelector
+
+
+def non_negative_factorization(
+    matrix: torch.Tensor,
+    n_components: int,
+    iterations: int = 200,
+    seed: int = 0,
+    return_errors: bool = False,
+) -> tuple[torch.Tensor, ...]:
+    """``V ~ W H`` with ``W`` (``n x k``) and ``H`` (``k x m``) non-negative (Lee & Seung).
+
+    Minimises ``||V - W H||_F`` with the multiplicative updates
+
+    ``H <- H * (W^T V) / (W^T W H)``,  ``W <- W * (V H^T) / (W H H^T)``,
+
+    under which the error never increases. The start is uniform random, scaled by
+    ``sqrt(mean(V) / k)``, from a CPU generator seeded with ``seed`` (deterministic).
+    Computed in float32 on ``matrix``'s device, with no host synchronisation.
+
+    Returns ``(W, H)``, or ``(W, H, errors)`` with ``return_errors``: ``errors[i]`` is
+    ``||V - W H||_F`` after ``i`` iterations (``iterations + 1`` values).
+    """
+    _check_positive_int("n_components", n_components, "e.g. n_components=8")
+    _check_positive_int("iterations", iterations, "e.g. iterations=200")
+    if matrix.ndim != 2:
+        raise ValueError(f"matrix must be 2-D (n x m), got shape {tuple(matrix.shape)}.")
+    v = matrix.detach().float()
+    generator = torch.Generator().manual_seed(int(seed))
+    scale = (v.mean().clamp(min=0) / n_components).sqrt()
+    w = torch.rand(v.shape[0], n_components, generator=generator).to(v.device) * scale
+    h = torch.rand(n_components, v.shape[1], generator=generator).to(v.device) * scale
+    tiny = torch.finfo(torch.float32).tiny  # only guards 0 / 0
+    errors = [torch.linalg.norm(v - w @ h)] if return_errors else []
+    for _ in range(iterations):
+        h = h * (w.T @ v) / (w.T @ w @ h + tiny)
+        w = w * (v @ h.T) / (w @ (h @ h.T) + tiny)
+        if return_errors:
+            errors.append(torch.linalg.norm(v - w @ h))
+    return (w, h, torch.stack(errors)) if return_errors else (w, h)
+
+
+class DeepFeatureFactorization(BaseCAM):
+    """Concepts found by non-negative matrix factorisation of a layer's activations.
+
+    The target layer's activations of the whole batch (``B x C x *spatial``, reshaped by
+    ``reshape_transform`` if given) form one matrix ``A`` of ``B * positions`` rows and
+    ``C`` columns, shifted to be non-negative (``A - min(min A, 0)``), and are factorised
+    (:func:`non_negative_factorization`) as ``A ~ W H``: the ``k = n_components`` columns
+    of ``W`` are the concepts' heat maps (one value per position of every image), the
+    rows of ``H`` the concepts' embeddings in channel space. Concepts are shared by the
+    images of a batch, as in the paper's co-segmentation; a batch of one image
+    factorises that image alone.
+
+    Args:
+        target_layer: the layer whose activations are factorised (a module, or a list of
+            one module).
+        computation_on_concepts: optional callable applied to the ``k x C`` embeddings
+            ``H`` (e.g. the classifier head ``model.fc`` of a GAP + linear model) to name
+            the concepts by class scores.
+        iterations: multiplicative-update iterations.
+        seed: the seed of the factorisation's random start.
+
+    ``reshape_transform`` and ``output_selector`` are those of
+    :class:`~pytorch_grad_cam.base_cam.BaseCAM`.
+    """
+
+    uses_gradients = False
+    uses_targets = False
+
+    def __init__(
+        self,
+        model: nn.Module,
+        target_layer: nn.Module | Sequence[nn.Module] | None = None,
+        reshape_transform: ReshapeTransform | None = None,
+        computation_on_concepts: Callable[[torch.Tensor], Any] | None = None,
+        *,
+        iterations: int = 200,
+        seed: int = 0,
+        output_selector: OutputSelector = None,
+        target_layers: Sequence[nn.Module] | None = None,
+    ) -> None:
+        layer = _one_layer(target_layer, target_layers)
+        super().__init__(model, [layer], reshape_transform, output_selector=output_selector)
+        if computation_on_concepts is not None and not callable(computation_on_concepts):
+            raise TypeError(
+                "computation_on_concepts must be a callable taking the k x C concept "
+                f"embeddings (e.g. model.fc), got {type(computation_on_concepts).__name__}."
+            )
+        self.computation_on_concepts = computation_on_concepts
+        self.iterations = _check_positive_int("iterations", iterations, "e.g. iterations=200")
+        self.seed = seed
+
+    def __call__(  # type: ignore[override]
+        self, input_tensor: torch.Tensor, n_components: int = 16
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """Factorise the target layer's activations of ``input_tensor`` into concepts.
+
+        Returns:
+            ``concepts``: float32 ``C x k``, the concept embeddings (``H^T``).
+            ``batch_explanations``: float32 ``B x k x H x W`` (``x D`` more for volumes),
+            each concept's heat map in each image, upsampled to the input's size and
+            min-max scaled to [0, 1] per image and concept.
+            ``concept_outputs``: ``computation_on_concepts(H)`` as a numpy array (for a
+            classifier head, ``k x classes``: row ``i`` scores concept ``i``), or ``None``
+            without ``computation_on_concepts``.
+        """
+        n_components = _check_positive_int(
+            "n_components", n_components, "e.g. dff(input_tensor, n_components=8)"
+        )
+        input_tensor = _check_input(input_tensor, self.model)
+        size = input_tensor.shape[2:]
+        with model_in_eval_mode(self.model):
+            (layer_output,), _, _, _ = self._forward(input_tensor, None)
+            transform = self._layer_transform(0, layer_output, size)
+            activations = self._reshape(0, layer_output, transform)
+            batch, channels = activations.shape[:2]
+            spatial = activations.shape[2:]
+            matrix = activations.movedim(1, -1).reshape(-1, channels)
+            matrix = matrix - matrix.min().clamp(max=0)
+            heat, embeddings = non_negative_factorization(
+                matrix, n_components, self.iterations, self.seed
+            )
+            heat = heat.view(batch, *spatial, n_components).movedim(-1, 1)
+            heat = resize_maps(heat.reshape(batch * n_components, *spatial), size)
+            explanations = scale_to_unit_range(heat).view(batch, n_components, *size)
+            concept_outputs = None
+            if self.computation_on_concepts is not None:
+                with torch.no_grad():
+                    concept_outputs = _to_numpy(self.computation_on_concepts(embeddings))
+        return _to_numpy(embeddings.T), _to_numpy(explanations), concept_outputs
+
+
+def _one_layer(target_layer: Any, target_layers: Any) -> Any:
+    if target_layer is not None and target_layers is not None:
+        raise TypeError("Pass target_layer=module or target_layers=[module], not both.")
+    layer = target_layer if target_layer is not None else target_layers
+    if isinstance(layer, (list, tuple)):
+        if len(layer) != 1:
+            raise ValueError(
+                f"DeepFeatureFactorization factorises one layer; got {len(layer)} layers. "
+                "Pass target_layer=module."
+            )
+        layer = layer[0]
+    if layer is None:
+        raise TypeError("target_layer is required: the module whose activations to factorise.")
+    return layer
+
+
+def _check_positive_int(name: str, value: Any, example: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}; {example}.")
+    return int(value)
+
+
+def _to_numpy(value: Any) -> np.ndarray:
+    if isinstance(value, torch.Tensor):
+        return value.detach().float().cpu().numpy()
+    return np.asarray(value)

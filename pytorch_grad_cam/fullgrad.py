@@ -1,0 +1,260 @@
+"""FullGrad (Srinivas & Fleuret, NeurIPS 2019, https://arxiv.org/abs/1905.00780)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import ttach
+from torch import nn
+
+from pytorch_grad_cam.base_cam import (
+    BaseCAM,
+    ReshapeTransform,
+    Target,
+    _check_input,
+    _check_targets,
+    detached_output,
+    model_in_eval_mode,
+    warn_at_caller,
+)
+from pytorch_grad_cam.utils.maps import resize_maps, scale_to_unit_range
+from pytorch_grad_cam.utils.model_outputs import OutputSelector
+
+#: Upper bound on the elements of one block of upsampled channel maps (64 MiB of float32).
+_BLOCK_ELEMENTS = 2**24
+
+
+@dataclass
+class FullGradDecomposition:
+    """The full-gradient terms of each image's target score (all detached).
+
+    For a network that is piecewise linear in its input and biases (ReLU, max-pooling,
+    linear layers, convolutions, batch norm in eval mode) the terms sum to the score:
+    ``scores[b] = input_term[b].sum() + sum_l bias_terms[l][b].sum()`` (completeness).
+    """
+
+    #: Each image's target score, shape ``B``.
+    scores: torch.Tensor
+    #: ``dy/dx * x``, the input's shape.
+    input_term: torch.Tensor
+    #: Per call of a biased layer: ``dy/dz * b``, ``z`` the layer's output (its shape),
+    #: ``b`` the layer's (effective) bias broadcast along ``bias_axes[l]``.
+    bias_terms: list[torch.Tensor]
+    #: The layer of each bias term.
+    bias_layers: list[nn.Module]
+    #: The axis of each term along which its bias lies (1 for convolutions and batch norm,
+    #: the last for linear layers).
+    bias_axes: list[int]
+
+    def total(self) -> torch.Tensor:
+        """The sum of every term per image, shape ``B`` (equals ``scores`` when complete)."""
+        total = self.input_term.flatten(1).sum(dim=1)
+        for term in self.bias_terms:
+            total = total + term.flatten(1).sum(dim=1)
+        return total
+
+
+class FullGrad(BaseCAM):
+    """Input-gradient and bias-gradient maps of every biased layer, summed.
+
+    With ``y`` the target score, ``x`` the input, and for each call of a layer with a bias
+    ``b`` (convolution, linear, batch norm in eval mode with the effective bias
+    ``beta - gamma * mu / sqrt(var + eps)``) its output ``z``, the bias-gradient
+    ``dy/db (*) b = dy/dz * b`` (``b`` broadcast along the layer's channel axis; summed
+    over positions it is ``dy/db_c * b_c``):
+
+    ``map = sum_c psi((dy/dx * x)_c) + sum_layers sum_c psi((dy/dz * b)_c)``,
+
+    ``psi(M) = s(Up(|M|))``: absolute value, (bi/tri)linear upsampling to the input's size,
+    min-max normalisation per image and channel (``s``, a constant map becomes zeros). The
+    first sum is over the input's channels, the second over each layer's channels. Bias
+    terms without spatial axes (a linear layer after pooling) are constant and contribute
+    nothing to the map; bias terms whose layout cannot be matched to the input's
+    (token sequences) are left out with a warning. :meth:`decompose` gives the raw terms.
+
+    ``target_layers`` (and ``reshape_transform``) are accepted for a common signature and
+    ignored: every ``nn.Conv*d``, ``nn.ConvTranspose*d``, ``nn.Linear`` and running-stats
+    ``nn.BatchNorm*d`` module with a bias is used (biases applied by functional calls are
+    not seen). ``eigen_smooth`` has no effect. Hooks exist only during a call; parameter
+    ``.grad`` fields are never touched.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        target_layers: Sequence[nn.Module] | None = None,
+        reshape_transform: ReshapeTransform | None = None,
+        tta_transforms: ttach.Compose | None = None,
+        output_selector: OutputSelector = None,
+        *,
+        target_layer: nn.Module | None = None,
+        use_cuda: bool | None = None,
+    ) -> None:
+        # Every biased layer is used: the model itself stands in for the target layers.
+        super().__init__(model, [model], None, tta_transforms, output_selector, use_cuda=use_cuda)
+        self.target_layers = []
+        self._warned_layout = False
+
+    # ----------------------------------------------------------------- the raw terms
+    def decompose(
+        self, input_tensor: torch.Tensor, targets: Sequence[Target] | None = None
+    ) -> FullGradDecomposition:
+        """The full-gradient terms of each image's target score (``targets=None``: each
+        image's top class), computed in eval mode with the model left as found."""
+        input_tensor = _check_input(input_tensor, self.model)
+        if targets is not None:
+            targets = _check_targets(targets, input_tensor.shape[0])
+        with model_in_eval_mode(self.model):
+            return self._decompose(input_tensor, targets)
+
+    def _decompose(
+        self, input_tensor: torch.Tensor, targets: Sequence[Target] | None
+    ) -> FullGradDecomposition:
+        x = input_tensor.detach().requires_grad_(True)
+        with _BiasRecorder(self.model) as recorder, torch.enable_grad():
+            output = self.model(x)
+            targets = targets if targets is not None else self._top_classes(output)
+            scores = self._target_scores(output, targets)
+        self.outputs = detached_output(output)
+        tensors = [x, *recorder.outputs]
+        if scores.requires_grad:
+            gradients = torch.autograd.grad(scores.sum(), tensors, allow_unused=True)
+        else:
+            gradients = [None] * len(tensors)
+        gradients = [torch.zeros_like(t) if g is None else g for t, g in zip(tensors, gradients)]
+        bias_terms = [
+            gradient * _along(bias, axis, gradient.ndim)
+            for gradient, bias, axis in zip(gradients[1:], recorder.biases, recorder.axes)
+        ]
+        return FullGradDecomposition(
+            scores=scores.detach(),
+            input_term=(gradients[0] * x).detach(),
+            bias_terms=[term.detach() for term in bias_terms],
+            bias_layers=list(recorder.layers),
+            bias_axes=list(recorder.axes),
+        )
+
+    # ----------------------------------------------------------------- the map
+    def _maps(
+        self,
+        input_tensor: torch.Tensor,
+        targets: Sequence[Target] | None,
+        eigen_smooth: bool,
+        scale: bool,
+    ) -> torch.Tensor:
+        terms = self._decompose(input_tensor, targets)
+        size = input_tensor.shape[2:]
+        total = _psi_sum(terms.input_term, size)
+        left_out = []
+        for term, axis, layer in zip(terms.bias_terms, terms.bias_axes, terms.bias_layers):
+            channels_first = term.movedim(axis % term.ndim, 1)
+            if channels_first.ndim - 2 == len(size):
+                total = total + _psi_sum(channels_first, size)
+            elif channels_first.ndim > 2:
+                left_out.append(type(layer).__name__)
+        if left_out and not self._warned_layout:
+            self._warned_layout = True
+            warn_at_caller(
+                f"FullGrad left out the bias terms of {len(left_out)} layer call(s) "
+                f"({', '.join(sorted(set(left_out)))}) whose outputs do not have the input's "
+                f"{len(size)} spatial axes (token sequences); the map has the input-gradient "
+                "term and the other layers' terms.",
+                UserWarning,
+            )
+        return scale_to_unit_range(total) if scale else total
+
+
+def _psi_sum(maps: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """``sum_c s(Up(|maps_c|))`` over the channels of ``B x C x *spatial`` maps: ``B x *size``.
+
+    Channels are upsampled a block at a time, so memory stays bounded for wide layers.
+    """
+    batch, channels = maps.shape[:2]
+    block = max(1, _BLOCK_ELEMENTS // (batch * math.prod(size)))
+    total = maps.new_zeros((batch, *size), dtype=torch.float32)
+    for start in range(0, channels, block):
+        chunk = maps[:, start : start + block].abs().float()
+        count = chunk.shape[1]
+        upsampled = resize_maps(chunk.reshape(batch * count, *chunk.shape[2:]), size)
+        normalised = scale_to_unit_range(upsampled, in_place=True)  # a fresh tensor
+        total += normalised.view(batch, count, *size).sum(dim=1)
+    return total
+
+
+def _along(bias: torch.Tensor, axis: int, ndim: int) -> torch.Tensor:
+    """``bias`` (a vector) shaped to broadcast along ``axis`` of an ``ndim`` tensor."""
+    shape = [1] * ndim
+    shape[axis % ndim] = -1
+    return bias.reshape(shape)
+
+
+class _BiasRecorder:
+    """Records every call of a biased layer: its output (in the autograd graph), its
+    (effective) bias and the bias's axis. Downstream layers get a copy of the output, so
+    that in-place operations there cannot change the recorded tensor."""
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+        self.outputs: list[torch.Tensor] = []
+        self.biases: list[torch.Tensor] = []
+        self.axes: list[int] = []
+        self.layers: list[nn.Module] = []
+        self._handles: list[Any] = []
+
+    def __enter__(self) -> _BiasRecorder:
+        try:
+            for module in self.model.modules():
+                if _bias_of(module) is not None:
+                    self._handles.append(module.register_forward_hook(self._hook))
+        except BaseException:
+            self._remove()
+            raise
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self._remove()
+
+    def _remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    def _hook(self, module: nn.Module, inputs: Any, output: Any) -> Any:
+        found = _bias_of(module)
+        if not isinstance(output, torch.Tensor) or found is None:
+            return None
+        bias, axis = found
+        if not output.requires_grad:  # the layer does not depend on the input
+            output = output.detach().requires_grad_(True)
+        self.outputs.append(output)
+        self.biases.append(bias.detach())
+        self.axes.append(axis)
+        self.layers.append(module)
+        return output.clone()
+
+
+def _bias_of(module: nn.Module) -> tuple[torch.Tensor, int] | None:
+    """The bias a layer adds to its output and the output axis it lies along, or ``None``.
+
+    Batch norm (eval mode, running statistics) computes ``gamma (x - mu) / sqrt(var + eps)
+    + beta``: its effective bias is ``beta - gamma mu / sqrt(var + eps)``.
+    """
+    if isinstance(module, nn.modules.conv._ConvNd):
+        return None if module.bias is None else (module.bias, 1)
+    if isinstance(module, nn.Linear):
+        return None if module.bias is None else (module.bias, -1)
+    if isinstance(module, nn.modules.batchnorm._BatchNorm):
+        if module.training or module.running_mean is None or module.running_var is None:
+            return None  # normalised with the batch's statistics: no fixed bias
+        scale = torch.rsqrt(module.running_var + module.eps)
+        if module.weight is not None:
+            scale = scale * module.weight
+        bias = -module.running_mean * scale
+        if module.bias is not None:
+            bias = bias + module.bias
+        return bias, 1
+    return None

@@ -1,0 +1,140 @@
+"""SS-CAM: Smoothed Score-CAM (Wang et al., 2020, https://arxiv.org/abs/2006.14255)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Callable
+
+import torch
+import ttach
+from torch import nn
+
+from pytorch_grad_cam.base_cam import LayerContext, ReshapeTransform, Target
+from pytorch_grad_cam.score_cam import ScoreCAM
+from pytorch_grad_cam.smooth_grad_cam_pp import (
+    NoiseSource,
+    check_generator,
+    check_n_samples,
+    check_stdev_spread,
+    noise_drawer,
+)
+from pytorch_grad_cam.utils.model_outputs import OutputSelector
+
+
+class SSCAM(ScoreCAM):
+    """Score-CAM with each channel's score averaged over noisy copies of its masked input.
+
+    With ScoreCAM's normalised, upsampled masks ``H^k`` of image ``X`` and the noise added
+    to the masked input (SS-CAM's input-space variant):
+
+    ``S^k = (1/n) sum_{s=1..n} y(X * H^k + eps_s)``,  ``eps_s ~ N(0, sigma^2)``,
+    ``sigma = stdev_spread * (max X - min X)``;
+    ``w_k = softmax_k(S^k)``;  ``map = ReLU(sum_k w_k A^k)``.
+
+    The same ``n`` noise images ``eps_1..eps_n`` serve every channel of an image (common
+    random numbers: the channels' scores differ by their masks, not by their noise), so
+    channels with equal masks still share their forward passes. Noise ``s`` of image ``b``
+    is the ``(b * n + s)``-th image-shaped standard normal draw from ``generator``; an int
+    seed restarts the draws for each target layer of each call. With ``stdev_spread=0``
+    this is :class:`~pytorch_grad_cam.score_cam.ScoreCAM`.
+
+    Memory grows with ``batch_size`` (one reused buffer of masked inputs, one noise image),
+    not with ``n_samples`` or the channels; the model runs ``n_samples`` times per distinct
+    mask. ``batch_size`` and ``progress_bar`` are those of ScoreCAM.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        target_layers: Sequence[nn.Module] | None = None,
+        reshape_transform: ReshapeTransform | None = None,
+        tta_transforms: ttach.Compose | None = None,
+        output_selector: OutputSelector = None,
+        batch_size: int = 32,
+        progress_bar: bool = False,
+        n_samples: int = 10,
+        stdev_spread: float = 0.15,
+        generator: NoiseSource = None,
+        *,
+        target_layer: nn.Module | None = None,
+        use_cuda: bool | None = None,
+    ) -> None:
+        super().__init__(
+            model,
+            target_layers,
+            reshape_transform,
+            tta_transforms,
+            output_selector,
+            batch_size,
+            progress_bar,
+            target_layer=target_layer,
+            use_cuda=use_cuda,
+        )
+        self.n_samples = check_n_samples(n_samples)
+        self.stdev_spread = check_stdev_spread(stdev_spread)
+        self.generator = check_generator(generator)
+        self._draw: Callable[..., torch.Tensor] | None = None
+        self._noise: _NoiseStream | None = None
+
+    def get_cam_weights(
+        self, activations: torch.Tensor, gradients: torch.Tensor | None, context: LayerContext
+    ) -> torch.Tensor:
+        check_n_samples(self.n_samples)
+        check_stdev_spread(self.stdev_spread)
+        self._draw = noise_drawer(check_generator(self.generator), context.input_tensor)
+        try:
+            return super().get_cam_weights(activations, gradients, context)
+        finally:
+            self._draw = self._noise = None
+
+    def _masked_scores(
+        self,
+        maps: torch.Tensor,
+        image: torch.Tensor,
+        target: Target,
+        buffer: torch.Tensor,
+        bar: Any,
+    ) -> torch.Tensor:
+        assert self._draw is not None
+        sigma = self.stdev_spread * (image.max() - image.min())
+        self._noise = _NoiseStream(self._draw, image, sigma)
+        return super()._masked_scores(maps, image, target, buffer, bar)
+
+    def _variants(self) -> int:
+        return self.n_samples
+
+    def _fill_masked(
+        self,
+        out: torch.Tensor,
+        masks: torch.Tensor,
+        image: torch.Tensor,
+        rows: range,
+        distinct: int,
+    ) -> torch.Tensor:
+        """``image * mask + eps_s`` for row ``r`` = (sample ``s = r // distinct``, mask
+        ``r % distinct``)."""
+        masked = super()._fill_masked(out, masks, image, rows, distinct)
+        assert self._noise is not None
+        first, last = rows.start // distinct, (rows.stop - 1) // distinct
+        for sample in range(first, last + 1):
+            begin = max(rows.start, sample * distinct) - rows.start
+            end = min(rows.stop, (sample + 1) * distinct) - rows.start
+            masked[begin:end] += self._noise.sample(sample)
+        return masked
+
+
+class _NoiseStream:
+    """The noise images of one image, drawn in order; only the latest one is kept."""
+
+    def __init__(self, draw: Callable[..., torch.Tensor], image: torch.Tensor, sigma: Any):
+        self.draw, self.image, self.sigma = draw, image, sigma
+        self.index = -1
+        self.current: torch.Tensor | None = None
+
+    def sample(self, index: int) -> torch.Tensor:
+        """Noise ``index`` (indices must not decrease from call to call)."""
+        while self.index < index:
+            self.current = self.draw(out=torch.empty_like(self.image)).mul_(self.sigma)
+            self.index += 1
+        assert self.current is not None and self.index == index
+        return self.current
