@@ -18,6 +18,7 @@ from pytorch_grad_cam.is_cam import ISCAM
 from pytorch_grad_cam.kpca_cam import KPCA_CAM
 from pytorch_grad_cam.layer_cam import LayerCAM
 from pytorch_grad_cam.original_cam import CAM
+from pytorch_grad_cam.random_cam import RandomCAM
 from pytorch_grad_cam.refine_cam import RefineCAM
 from pytorch_grad_cam.score_cam import ScoreCAM
 from pytorch_grad_cam.seg_eigen_cam import SegEigenCAM
@@ -47,6 +48,7 @@ __all__ = [
     "ISCAM",
     "KPCA_CAM",
     "LayerCAM",
+    "RandomCAM",
     "RefineCAM",
     "ScoreCAM",
     "SegEigenCAM",

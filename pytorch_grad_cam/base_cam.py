@@ -216,13 +216,13 @@ class BaseCAM:
                 "target_category= is deprecated; pass "
                 "targets=[ClassifierOutputTarget(category), ...], one per image."
             )
-        input_tensor = _check_input(input_tensor, self.model)
+        input_tensor = check_input(input_tensor, self.model)
         batch_size = input_tensor.shape[0]
         targets = (
             _categories_to_targets(target_category, batch_size) if targets is None else targets
         )
         if targets is not None:
-            targets = _check_targets(targets, batch_size)
+            targets = check_targets(targets, batch_size)
 
         with model_in_eval_mode(self.model):
             if aug_smooth:
@@ -294,7 +294,7 @@ class BaseCAM:
                     targets = targets if targets is not None else self._top_classes(output)
                     scores = self._target_scores(output, targets)
             self.outputs = detached_output(output)
-        layer_outputs = _check_reached(recorder.outputs, self.target_layers)
+        layer_outputs = check_reached(recorder.outputs, self.target_layers)
         if self.uses_gradients:
             gradients = _gradients(scores, layer_outputs)
         else:
@@ -494,7 +494,8 @@ def _check_target_layers(model: nn.Module, target_layers: Any) -> list[nn.Module
     return layers
 
 
-def _check_input(input_tensor: Any, model: nn.Module) -> torch.Tensor:
+def check_input(input_tensor: Any, model: nn.Module) -> torch.Tensor:
+    """A float ``B x C x H x W`` (or ``x D``) tensor on the model's device, or a clear error."""
     if not isinstance(input_tensor, torch.Tensor):
         raise TypeError(
             f"input_tensor must be a torch.Tensor, got {type(input_tensor).__name__}; convert "
@@ -560,7 +561,8 @@ def _categories_to_targets(target_category: Any, batch_size: int) -> list[Target
     return [ClassifierOutputTarget(int(category)) for category in target_category]
 
 
-def _check_targets(targets: Any, batch_size: int) -> list[Target]:
+def check_targets(targets: Any, batch_size: int) -> list[Target]:
+    """One callable target per image, or a clear error."""
     if callable(targets):
         raise TypeError(
             "targets must be a list with one target per image, got a single "
@@ -590,9 +592,10 @@ def per_image_outputs(output: Any, selector: OutputSelector) -> Any:
     return select_output(output, selector)
 
 
-def _check_reached(
+def check_reached(
     outputs: list[torch.Tensor | None], layers: list[nn.Module]
 ) -> list[torch.Tensor]:
+    """Every target layer's recorded output, or an error naming the layer never reached."""
     for index, (output, layer) in enumerate(zip(outputs, layers)):
         if output is None:
             raise ValueError(

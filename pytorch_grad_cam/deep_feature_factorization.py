@@ -14,7 +14,7 @@ from torch import nn
 from pytorch_grad_cam.base_cam import (
     BaseCAM,
     ReshapeTransform,
-    _check_input,
+    check_input,
     model_in_eval_mode,
 )
 from pytorch_grad_cam.utils.maps import resize_maps, scale_to_unit_range
@@ -128,7 +128,7 @@ class DeepFeatureFactorization(BaseCAM):
         n_components = _check_positive_int(
             "n_components", n_components, "e.g. dff(input_tensor, n_components=8)"
         )
-        input_tensor = _check_input(input_tensor, self.model)
+        input_tensor = check_input(input_tensor, self.model)
         size = input_tensor.shape[2:]
         with model_in_eval_mode(self.model):
             (layer_output,), _, _, _ = self._forward(input_tensor, None)

@@ -17,10 +17,10 @@ from pytorch_grad_cam.base_cam import (
     BaseCAM,
     ReshapeTransform,
     Target,
-    _check_input,
-    _check_targets,
     _deprecated,
     _looks_like_categories,
+    check_input,
+    check_targets,
     is_integer,
     model_in_eval_mode,
 )
@@ -145,7 +145,7 @@ class FinerCAM(BaseCAM):
             if comparison_categories is None
             else _check_ranks(comparison_categories)
         )
-        input_tensor = _check_input(input_tensor, self.model)
+        input_tensor = check_input(input_tensor, self.model)
         self.finer_targets = self._finer_targets(input_tensor, targets, target_idx, alpha, ranks)
         maps = self.base(
             input_tensor,
@@ -170,7 +170,7 @@ class FinerCAM(BaseCAM):
         if targets is not None:
             if target_idx is not None:
                 raise TypeError("Pass targets=[...] or target_idx=..., not both.")
-            targets = _check_targets(targets, batch)
+            targets = check_targets(targets, batch)
             if all(isinstance(target, FinerWeightedTarget) for target in targets):
                 return targets
         with model_in_eval_mode(self.model), torch.no_grad():

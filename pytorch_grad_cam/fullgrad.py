@@ -15,8 +15,8 @@ from pytorch_grad_cam.base_cam import (
     BaseCAM,
     ReshapeTransform,
     Target,
-    _check_input,
-    _check_targets,
+    check_input,
+    check_targets,
     detached_output,
     model_in_eval_mode,
     warn_at_caller,
@@ -105,9 +105,9 @@ class FullGrad(BaseCAM):
     ) -> FullGradDecomposition:
         """The full-gradient terms of each image's target score (``targets=None``: each
         image's top class), computed in eval mode with the model left as found."""
-        input_tensor = _check_input(input_tensor, self.model)
+        input_tensor = check_input(input_tensor, self.model)
         if targets is not None:
-            targets = _check_targets(targets, input_tensor.shape[0])
+            targets = check_targets(targets, input_tensor.shape[0])
         with model_in_eval_mode(self.model):
             return self._decompose(input_tensor, targets)
 

@@ -13,7 +13,7 @@ from pytorch_grad_cam.base_cam import (
     BaseCAM,
     LayerContext,
     Target,
-    _check_reached,
+    check_reached,
     detached_output,
 )
 from pytorch_grad_cam.utils.maps import spatial_axes
@@ -70,7 +70,7 @@ class ShapleyCAM(BaseCAM):
                 targets = targets if targets is not None else self._top_classes(output)
                 scores = self._target_scores(output, targets)
             self.outputs = detached_output(output)
-        activations = _check_reached(recorder.outputs, self.target_layers)
+        activations = check_reached(recorder.outputs, self.target_layers)
         gradients = shapley_gradients(scores, activations)
         detached = [activation.detach() for activation in activations]
         return detached, gradients, targets, scores.detach()

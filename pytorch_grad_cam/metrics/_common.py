@@ -1,0 +1,254 @@
+"""What every metric shares: checking its arguments, and scoring many perturbed copies of
+the input ``batch_size`` at a time through one reused buffer."""
+
+from __future__ import annotations
+
+import itertools
+import numbers
+from collections.abc import Sequence
+from contextlib import contextmanager
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from pytorch_grad_cam.base_cam import (
+    Target,
+    check_targets,
+    model_device,
+    model_in_eval_mode,
+    per_image_outputs,
+)
+from pytorch_grad_cam.utils.model_outputs import OutputSelector, select_output
+from pytorch_grad_cam.utils.model_targets import ClassifierOutputSoftmaxTarget
+
+#: ``fill(rows, start, stop)`` writes the perturbed inputs of jobs ``start:stop`` into
+#: ``rows`` (``stop - start`` rows of the reused buffer).
+Fill = Callable[[torch.Tensor, int, int], None]
+
+
+def check_model(model: Any, metric: str) -> nn.Module:
+    if not isinstance(model, nn.Module):
+        raise TypeError(
+            f"{metric}: model must be a torch.nn.Module, got {type(model).__name__}; call "
+            "the metric as metric(input_tensor, grayscale_cams, targets, model)."
+        )
+    if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+        return model.module
+    return model
+
+
+def check_input_tensor(input_tensor: Any, model: nn.Module, metric: str) -> torch.Tensor:
+    """``input_tensor`` on the model's device, or an error that names it."""
+    if not isinstance(input_tensor, torch.Tensor):
+        raise TypeError(
+            f"{metric}: input_tensor must be a torch.Tensor, got "
+            f"{type(input_tensor).__name__}; convert an image with "
+            "pytorch_grad_cam.utils.image.preprocess_image."
+        )
+    if not input_tensor.is_floating_point():
+        raise TypeError(
+            f"{metric}: input_tensor must be a float tensor, got dtype {input_tensor.dtype}; "
+            "convert it with input_tensor.float()."
+        )
+    if input_tensor.ndim < 4:
+        raise ValueError(
+            f"{metric}: input_tensor must have shape B x C x H x W, got shape "
+            f"{tuple(input_tensor.shape)}; add the batch axis with input_tensor.unsqueeze(0)."
+        )
+    if not bool(torch.isfinite(input_tensor).all()):
+        raise ValueError(
+            f"{metric}: input_tensor contains NaN or infinite values; check the preprocessing."
+        )
+    device = model_device(model)
+    if device is not None and input_tensor.device != device:
+        input_tensor = input_tensor.to(device)
+    return input_tensor.detach()
+
+
+def check_cams(grayscale_cams: Any, input_tensor: torch.Tensor, metric: str) -> torch.Tensor:
+    """The maps as a float32 tensor ``B x *spatial`` on the input's device."""
+    if isinstance(grayscale_cams, torch.Tensor):
+        cams = grayscale_cams.detach()
+    elif isinstance(grayscale_cams, (np.ndarray, list, tuple)):
+        cams = torch.as_tensor(np.asarray(grayscale_cams))
+    else:
+        raise TypeError(
+            f"{metric}: grayscale_cams must be a numpy array or a torch.Tensor of shape "
+            f"B x H x W, got {type(grayscale_cams).__name__}."
+        )
+    expected = (input_tensor.shape[0], *input_tensor.shape[2:])
+    if tuple(cams.shape) != expected:
+        hint = ""
+        if cams.ndim == len(expected) + 1 and cams.shape[1] == 1:
+            hint = " Drop the channel axis, e.g. grayscale_cams[:, 0]."
+        elif tuple(cams.shape) == expected[1:]:
+            hint = " Add the batch axis, e.g. grayscale_cams[None]."
+        elif cams.ndim == len(expected) and cams.shape[0] == expected[0]:
+            hint = (
+                " Compute the maps for this input, or resize them to its size (e.g. with "
+                "pytorch_grad_cam.utils.image.scale_cam_image)."
+            )
+        raise ValueError(
+            f"{metric}: grayscale_cams has shape {tuple(cams.shape)} but input_tensor of shape "
+            f"{tuple(input_tensor.shape)} needs one map per image of its spatial size, "
+            f"{expected}.{hint}"
+        )
+    if cams.is_complex():
+        raise TypeError(f"{metric}: grayscale_cams must be real-valued, got {cams.dtype}.")
+    cams = cams.to(device=input_tensor.device, dtype=torch.float32)
+    if not bool(torch.isfinite(cams).all()):
+        raise ValueError(f"{metric}: grayscale_cams contains NaN or infinite values.")
+    return cams
+
+
+def check_metric_targets(targets: Any, batch_size: int, metric: str) -> list[Target] | None:
+    if targets is None:
+        return None
+    try:
+        return check_targets(targets, batch_size)
+    except (TypeError, ValueError) as error:
+        raise type(error)(f"{metric}: {error}") from None
+
+
+def check_int(value: Any, name: str, metric: str, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise ValueError(f"{metric}: {name} must be an int >= {minimum}, got {value!r}.")
+    return int(value)
+
+
+def check_percentile(value: Any, name: str, metric: str) -> float:
+    """A percentile strictly between 0 and 100."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(
+            f"{metric}: {name} must be a number strictly between 0 and 100, got "
+            f"{type(value).__name__} {value!r}."
+        )
+    if not 0 < value < 100:
+        raise ValueError(
+            f"{metric}: {name} must be strictly between 0 and 100 (a percentage of the "
+            f"pixels), got {value!r}; e.g. 20 for a fifth of the pixels."
+        )
+    return float(value)
+
+
+def check_percentiles(values: Any, metric: str) -> list[float]:
+    if isinstance(values, numbers.Real):
+        raise TypeError(
+            f"{metric}: percentiles must be a list of numbers, got the single number "
+            f"{values!r}; pass [{values!r}] or use the non-averaging metric."
+        )
+    values = list(values)
+    if not values:
+        raise ValueError(f"{metric}: percentiles is empty; pass e.g. [10, 20, ..., 90].")
+    return [check_percentile(v, f"percentiles[{i}]", metric) for i, v in enumerate(values)]
+
+
+def check_noise(value: Any, metric: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value >= 0:
+        raise ValueError(f"{metric}: noise must be a number >= 0 (a std), got {value!r}.")
+    return float(value)
+
+
+# --------------------------------------------------------------------- scoring
+def score_rows(output: Any, targets: Sequence[Target], selector: OutputSelector) -> torch.Tensor:
+    """Each row's target score, float32 on the output's device: one call per run of equal
+    targets when the target is ``rowwise``, one call per row otherwise."""
+    per_image = per_image_outputs(output, selector)
+    scores = []
+    start = 0
+    for _, run in itertools.groupby(targets, key=id):
+        count = len(list(run))
+        target = targets[start]
+        if getattr(target, "rowwise", False) and isinstance(per_image, torch.Tensor):
+            block = torch.as_tensor(target(per_image[start : start + count]))
+            scores.append(block.reshape(count, -1).sum(dim=1).float())
+        else:
+            scores.extend(
+                torch.as_tensor(target(per_image[row])).sum().float().reshape(1)
+                for row in range(start, start + count)
+            )
+        start += count
+    return torch.cat(scores)
+
+
+def top_class_targets(output: Any, selector: OutputSelector) -> list[Target]:
+    """Each image's highest-scoring class, as its softmax probability. The class stays a
+    0-d tensor on the device: no host sync."""
+    scores = select_output(output, selector)
+    top = scores.reshape(scores.shape[0], -1).argmax(dim=1)
+    return [ClassifierOutputSoftmaxTarget(category) for category in top]
+
+
+@contextmanager
+def evaluating(model: nn.Module):
+    """Eval mode (flags restored afterwards) and no autograd."""
+    with model_in_eval_mode(model), torch.inference_mode():
+        yield
+
+
+def original_scores(
+    model: nn.Module,
+    input_tensor: torch.Tensor,
+    targets: list[Target] | None,
+    selector: OutputSelector,
+    batch_size: int,
+) -> tuple[torch.Tensor, list[Target]]:
+    """The target score of each unperturbed image (``B``, on the device), and the targets
+    (``None`` resolved to each image's top class, as a softmax probability)."""
+    scores, resolved = [], []
+    for start in range(0, input_tensor.shape[0], batch_size):
+        chunk = input_tensor[start : start + batch_size]
+        output = model(chunk)
+        chunk_targets = (
+            top_class_targets(output, selector)
+            if targets is None
+            else targets[start : start + chunk.shape[0]]
+        )
+        resolved.extend(chunk_targets)
+        scores.append(score_rows(output, chunk_targets, selector))
+    return torch.cat(scores), resolved
+
+
+def batched_scores(
+    model: nn.Module,
+    sample: torch.Tensor,
+    jobs: int,
+    fill: Fill,
+    job_targets: Sequence[Target],
+    selector: OutputSelector,
+    batch_size: int,
+) -> torch.Tensor:
+    """The target score of ``jobs`` perturbed inputs shaped like ``sample`` (one image),
+    built by ``fill`` ``batch_size`` at a time in one reused buffer: memory grows with
+    ``batch_size``, not with ``jobs``. No host sync per chunk. Returns ``jobs`` scores."""
+    if jobs == 0:
+        return torch.zeros(0, device=sample.device)
+    rows = min(batch_size, jobs)
+    buffer = torch.empty((rows, *sample.shape), dtype=sample.dtype, device=sample.device)
+    scores = []
+    for start in range(0, jobs, rows):
+        stop = min(start + rows, jobs)
+        chunk = buffer[: stop - start]
+        fill(chunk, start, stop)
+        scores.append(score_rows(model(chunk), job_targets[start:stop], selector))
+    return torch.cat(scores)
+
+
+def relevance_ranks(cams: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Each pixel's rank in its map, ``B x N`` (``N`` pixels, flattened), on the maps'
+    device: 0 for the most relevant (largest value), ``N - 1`` for the least. Ties are
+    broken at random (one permutation from ``generator``), not by position."""
+    flat = cams.flatten(1)
+    count = flat.shape[1]
+    shuffle = torch.randperm(count, generator=generator).to(flat.device)
+    order = torch.argsort(flat[:, shuffle], dim=1, descending=True, stable=True)
+    order = shuffle[order]
+    ranks = torch.empty_like(order)
+    positions = torch.arange(count, device=flat.device).expand_as(order)
+    return ranks.scatter_(1, order, positions)
+
+
+def to_numpy(scores: torch.Tensor) -> np.ndarray:
+    return scores.detach().float().cpu().numpy().astype(np.float32)
