@@ -42,6 +42,35 @@ def test_the_attention_rollout_example_runs_on_a_timm_deit():
     assert maps.min() == 0.0 and maps.reshape(2, -1).max(axis=1).tolist() == [1.0, 1.0]
 
 
+def test_the_metrics_example_runs_and_gradcam_is_scored():
+    """The metrics snippet, on the first example's variables with a smaller model."""
+    import torchvision
+
+    from pytorch_grad_cam import GradCAM
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    (metrics_example,) = [block for block in python_blocks() if "ROADCombined" in block]
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(weights=None).eval()
+    target_layers = [model.layer4[-1]]
+    input_tensor = torch.randn(2, 3, 64, 64)
+    targets = [ClassifierOutputTarget(281), ClassifierOutputTarget(285)]
+    namespace: dict = {
+        "model": model,
+        "target_layers": target_layers,
+        "input_tensor": input_tensor,
+        "targets": targets,
+        "grayscale_cam": GradCAM(model, target_layers)(input_tensor, targets),
+    }
+    exec(compile(metrics_example, str(README), "exec"), namespace)
+    for name in ("morf", "road", "deletion", "insertion", "random_deletion"):
+        values = namespace[name]
+        assert values.shape == (2,) and np.isfinite(values).all(), name
+    assert ((namespace["deletion"] >= 0) & (namespace["insertion"] <= 1)).all()
+    assert list(namespace["correlations"]) == ["original", "fc", "layer4"]
+    assert namespace["correlations"]["original"].tolist() == [1.0, 1.0]
+
+
 def test_ci_runs_the_readme_test_command():
     ci_script = (README.parent / ".ci" / "run").read_text(encoding="utf-8")
     assert 'pip install -e "\\.\\[test\\]"' in ci_script
