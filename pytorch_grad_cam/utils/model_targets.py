@@ -12,7 +12,7 @@ one result per row: perturbation methods then score a batch with one call.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Union
+from typing import Any, Callable, Union
 
 import numpy as np
 import torch
@@ -100,60 +100,192 @@ class RawScoresOutputTarget:
 class SemanticSegmentationTarget:
     """Sum of the ``category`` score map over a pixel ``mask``: ``sum_ij mask_ij y_c,ij``.
 
-    ``model_output`` is one image's ``C x H x W`` score maps; ``mask`` an ``H x W`` array
-    or tensor. The mask is moved to the output's device once and reused.
+    ``model_output`` is one image's ``K x H x W`` score maps (a torchvision segmentation
+    model's ``"out"`` entry, which the CAM picks by itself); ``mask`` an ``H x W`` numpy
+    array or tensor (bool, integer or float weights), e.g. ``pred == category``. The mask
+    is moved to the output's device on the first call and kept there.
+
+    With ``rowwise = True`` a block of images ``N x K x H x W`` gives one score per image.
     """
 
-    def __init__(self, category: int, mask: np.ndarray | torch.Tensor):
+    rowwise = True
+
+    def __init__(self, category: Category, mask: np.ndarray | torch.Tensor):
         self.category = category
-        self.mask = torch.as_tensor(mask, dtype=torch.float32)
+        self.mask = torch.as_tensor(mask).detach().to(torch.float32)
 
     def __call__(self, model_output: torch.Tensor) -> torch.Tensor:
         if self.mask.device != model_output.device:
             self.mask = self.mask.to(model_output.device)
-        scores = model_output[self.category]
-        if scores.shape != self.mask.shape:
+        if model_output.ndim not in (3, 4) or model_output.shape[-2:] != self.mask.shape:
             raise ValueError(
                 f"SemanticSegmentationTarget: mask has shape {tuple(self.mask.shape)} but the "
-                f"model's score map for category {self.category} has shape "
-                f"{tuple(scores.shape)}; pass a mask of the output's spatial size."
+                f"model's output has shape {tuple(model_output.shape)}, whose score maps are "
+                f"{tuple(model_output.shape[-2:])}; pass an H x W mask of the output's "
+                "spatial size (K x H x W per image)."
             )
-        return (scores * self.mask).sum()
+        scores = _pick_map(model_output, self.category)
+        return (scores * self.mask).sum(dim=(-2, -1))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.category}, mask of {tuple(self.mask.shape)})"
+
+
+def _pick_map(maps: torch.Tensor, category: Category) -> torch.Tensor:
+    """``maps[..., category, :, :]``, a tensor category kept on the device."""
+    if isinstance(category, torch.Tensor):
+        index = category.to(maps.device).reshape(-1)[:1]
+        return maps.index_select(-3, index).squeeze(-3)
+    return maps[..., category, :, :]
 
 
 class FasterRCNNBoxScoreTarget:
     """Detection score of the boxes that match the reference boxes (Faster R-CNN style output).
 
-    ``model_output`` is a torchvision detection dict with ``boxes``, ``labels`` and
-    ``scores``. For each reference box, the detections with the same label and an IoU
-    above ``iou_threshold`` are found, and the best match's ``IoU + score`` is added.
+    ``model_output`` is one image's torchvision detection dict with ``boxes`` (``N x 4``,
+    ``x1, y1, x2, y2`` in input pixels), ``labels`` and ``scores``. For each reference box,
+    the detections with the same label and an IoU above ``iou_threshold`` are candidates,
+    and the best candidate's ``IoU + score`` is added; a reference box without a candidate
+    adds nothing. Typically the references are the model's own detections::
+
+        boxes, labels = output[0]["boxes"], output[0]["labels"]
+        targets = [FasterRCNNBoxScoreTarget(labels, boxes)]
+
+    The references (numpy arrays, lists or tensors) are moved to the output's device on
+    the first call and kept there.
     """
 
     def __init__(
         self,
-        labels: Sequence[int],
+        labels: Sequence[int] | np.ndarray | torch.Tensor,
         bounding_boxes: Any,
         iou_threshold: float = 0.5,
     ):
-        self.labels = torch.as_tensor(labels).reshape(-1)
-        self.bounding_boxes = torch.as_tensor(bounding_boxes, dtype=torch.float32).reshape(-1, 4)
+        self.labels = torch.as_tensor(labels).detach().reshape(-1)
+        self.bounding_boxes = (
+            torch.as_tensor(bounding_boxes).detach().to(torch.float32).reshape(-1, 4)
+        )
+        if self.labels.numel() != self.bounding_boxes.shape[0]:
+            raise ValueError(
+                f"FasterRCNNBoxScoreTarget: {self.labels.numel()} labels for "
+                f"{self.bounding_boxes.shape[0]} bounding boxes; pass one label per box."
+            )
         self.iou_threshold = iou_threshold
 
     def __call__(self, model_output: dict[str, torch.Tensor]) -> torch.Tensor:
         boxes = model_output["boxes"]
         device = boxes.device
-        reference_boxes = self.bounding_boxes.to(device)
-        reference_labels = self.labels.to(device)
-        total = boxes.new_zeros(())
-        if boxes.numel() == 0:
+        if self.bounding_boxes.device != device:
+            self.bounding_boxes = self.bounding_boxes.to(device)
+        if self.labels.device != device:
+            self.labels = self.labels.to(device)
+        scores = model_output["scores"]
+        total = scores.new_zeros(()).float()
+        if boxes.numel() == 0 or self.labels.numel() == 0:
             return total
-        iou = torchvision.ops.box_iou(reference_boxes, boxes.float())
-        same_label = reference_labels[:, None] == model_output["labels"][None, :]
+        iou = torchvision.ops.box_iou(self.bounding_boxes, boxes.float())
+        same_label = self.labels[:, None] == model_output["labels"][None, :].to(device)
         candidate = same_label & (iou > self.iou_threshold)
-        match_score = iou + model_output["scores"][None, :]
+        match_score = iou + scores.float()[None, :]
         match_score = match_score.masked_fill(~candidate, float("-inf"))
         best = match_score.max(dim=1).values
-        return total + best[candidate.any(dim=1)].sum()
+        # torch.where, not boolean indexing: no data-dependent shape, no sync with the host.
+        matched = torch.where(candidate.any(dim=1), best, torch.zeros_like(best))
+        return total + matched.sum()
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}({self.labels.numel()} boxes, "
+            f"iou_threshold={self.iou_threshold})"
+        )
+
+
+Similarity = Union[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]]
+
+
+class SimilarityToConceptTarget:
+    """Similarity of an image's embedding to a concept embedding ``features``.
+
+    For models whose output is an embedding (a feature extractor, a ResNet with
+    ``fc = nn.Identity()``, a CLIP-like image encoder): the CAM then shows which regions
+    make the image's embedding close to ``features``, the embedding of a concept (a text
+    prompt, a class prototype) or of another image.
+
+    ``similarity``: ``"cosine"`` (default, ``<e, f> / (|e| |f|)``), ``"dot"`` (``<e, f>``),
+    or a callable ``(embeddings, features) -> similarities`` reducing the last axis.
+
+    ``features`` is a ``D`` vector (a ``1 x D`` batch of one is flattened), numpy or
+    tensor; it is moved to the output's device (in at least float32) on the first call and
+    kept there. One image's output is a ``D`` vector (or anything of ``D`` values, such as
+    ``D x 1 x 1``); with ``rowwise = True`` a block ``N x D`` gives one score per row.
+    """
+
+    rowwise = True
+
+    def __init__(
+        self,
+        features: np.ndarray | torch.Tensor,
+        similarity: Similarity = "cosine",
+        eps: float = 1e-8,
+    ):
+        features = torch.as_tensor(features).detach()
+        if not features.is_floating_point():
+            features = features.float()
+        if features.ndim > 1 and all(size == 1 for size in features.shape[:-1]):
+            features = features.reshape(-1)
+        if features.ndim != 1 or features.numel() == 0:
+            raise ValueError(
+                "SimilarityToConceptTarget: features must be one embedding (a D vector, or "
+                f"1 x D), got shape {tuple(features.shape)}; for several concepts make one "
+                "target per concept."
+            )
+        if not callable(similarity) and similarity not in ("cosine", "dot"):
+            raise ValueError(
+                f"SimilarityToConceptTarget: similarity={similarity!r}; use 'cosine', 'dot' "
+                "or a callable (embeddings, features) -> similarities."
+            )
+        self.features = features
+        self.similarity = similarity
+        self.eps = eps
+        self._placed: torch.Tensor | None = None
+
+    def __call__(self, model_output: torch.Tensor) -> torch.Tensor:
+        embeddings = self._embeddings(model_output)
+        features = self._features_like(embeddings)
+        embeddings = embeddings.to(features.dtype)
+        if self.similarity == "cosine":
+            return torch.nn.functional.cosine_similarity(embeddings, features, dim=-1, eps=self.eps)
+        if self.similarity == "dot":
+            return (embeddings * features).sum(dim=-1)
+        return self.similarity(embeddings, features)
+
+    def _embeddings(self, output: torch.Tensor) -> torch.Tensor:
+        """The output as ``D`` (one image) or ``N x D`` (a block of rows)."""
+        size = self.features.numel()
+        if output.ndim >= 1 and output.shape[-1] == size:
+            return output
+        if output.numel() == size:
+            return output.reshape(size)
+        if output.ndim >= 2 and output[0].numel() == size:
+            return output.reshape(output.shape[0], size)
+        raise ValueError(
+            f"SimilarityToConceptTarget: the model's output has shape {tuple(output.shape)}, "
+            f"which is not an embedding of the features' size {size}; pick the embedding "
+            "with output_selector= (e.g. 'image_embeds' or 'pooler_output'), or pass features "
+            "of the output's size."
+        )
+
+    def _features_like(self, embeddings: torch.Tensor) -> torch.Tensor:
+        dtype = torch.promote_types(embeddings.dtype, torch.float32)
+        placed = self._placed
+        if placed is None or placed.device != embeddings.device or placed.dtype != dtype:
+            placed = self.features.to(device=embeddings.device, dtype=dtype)
+            self._placed = placed
+        return placed
+
+    def __repr__(self) -> str:
+        name = self.similarity if isinstance(self.similarity, str) else "custom"
+        return f"{type(self).__name__}({self.features.numel()}-d, similarity={name!r})"
 
 
 class FinerWeightedTarget:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import NamedTuple
 
 import torch
@@ -163,4 +163,71 @@ def looks_channels_last(shape: Sequence[int], image_size: Sequence[int]) -> bool
     image_height, image_width = image_size
     return _one_stride_fits(first, second, image_height, image_width) and not _one_stride_fits(
         second, third, image_height, image_width
+    )
+
+
+# --------------------------------------------------------------------- feature pyramids
+def fasterrcnn_reshape_transform(
+    x: Mapping[str, torch.Tensor] | Sequence[torch.Tensor] | torch.Tensor,
+    level: int | str = 0,
+) -> torch.Tensor:
+    """Feature-pyramid levels -> one ``B x (C_1 + ... + C_L) x H x W`` tensor.
+
+    ``x`` is what a torchvision detection backbone with an FPN returns (``model.backbone``
+    of Faster R-CNN / RetinaNet / Mask R-CNN): an ``OrderedDict`` of ``B x C_l x H_l x W_l``
+    maps, finest first (``"0"``, ``"1"``, ..., ``"pool"``); a list or tuple of such maps
+    works too. Every level is resized (bilinear; antialiased where it shrinks) to the
+    size of ``level`` (an index in the levels' order or a key; default the first, finest
+    level; ``level="pool"`` or ``-1`` is the coarsest and cheapest) and the levels are
+    concatenated along the channels, in order. A single ``B x C x H x W`` tensor is
+    returned as it is. The transform is linear, so it applies to gradients as well.
+    """
+    if isinstance(x, torch.Tensor):
+        if x.ndim != 4:
+            raise ValueError(
+                f"fasterrcnn_reshape_transform: expected feature maps B x C x H x W, got "
+                f"{tuple(x.shape)}."
+            )
+        return x
+    if isinstance(x, Mapping):
+        names, levels = list(x.keys()), list(x.values())
+    elif isinstance(x, Sequence):
+        names, levels = list(range(len(x))), list(x)
+    else:
+        raise TypeError(
+            "fasterrcnn_reshape_transform: expected an OrderedDict (or list) of feature maps, "
+            f"got {type(x).__name__}."
+        )
+    if not levels or not all(isinstance(m, torch.Tensor) and m.ndim == 4 for m in levels):
+        shapes = [
+            tuple(m.shape) if isinstance(m, torch.Tensor) else type(m).__name__ for m in levels
+        ]
+        raise ValueError(
+            "fasterrcnn_reshape_transform: every level must be a B x C x H x W tensor, got "
+            f"{dict(zip(names, shapes))}."
+        )
+    if isinstance(level, str):
+        if level not in names:
+            raise ValueError(
+                f"fasterrcnn_reshape_transform: level={level!r} is not one of the levels {names}."
+            )
+        reference = levels[names.index(level)]
+    else:
+        if not -len(levels) <= level < len(levels):
+            raise ValueError(
+                f"fasterrcnn_reshape_transform: level={level} is out of range for "
+                f"{len(levels)} levels."
+            )
+        reference = levels[level]
+    size = tuple(reference.shape[-2:])
+    resized = [_resize_level(feature_map, size) for feature_map in levels]
+    return torch.cat(resized, dim=1)
+
+
+def _resize_level(feature_map: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
+    if tuple(feature_map.shape[-2:]) == size:
+        return feature_map
+    shrinks = feature_map.shape[-2] > size[0] or feature_map.shape[-1] > size[1]
+    return torch.nn.functional.interpolate(
+        feature_map, size=size, mode="bilinear", align_corners=False, antialias=shrinks
     )

@@ -1,0 +1,455 @@
+"""Targets for segmentation and detection on the real torchvision models (random weights),
+the feature-pyramid reshape, and the two usage examples run as scripts."""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+from collections import OrderedDict
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from test_base_cam_state import assert_same_state, snapshot
+from torch import nn
+from torchvision.models.detection import fasterrcnn_mobilenet_v3_large_320_fpn
+from torchvision.models.segmentation import deeplabv3_mobilenet_v3_large
+
+from pytorch_grad_cam import EigenCAM, GradCAM
+from pytorch_grad_cam.utils.model_targets import (
+    FasterRCNNBoxScoreTarget,
+    SemanticSegmentationTarget,
+)
+from pytorch_grad_cam.utils.reshape_transforms import fasterrcnn_reshape_transform
+
+REPO = Path(__file__).resolve().parent.parent
+SEGMENTATION_CLASSES = 3
+DETECTION_CLASSES = 5
+
+
+def batch_norm_statistics_from(module: nn.Module, x: torch.Tensor) -> None:
+    """Untrained MobileNets shrink their features to ~1e-8 with the default batch-norm
+    statistics (degenerate maps, and slow denormal arithmetic); set them from ``x``."""
+    for norm in module.modules():
+        if isinstance(norm, nn.BatchNorm2d):
+            norm.reset_running_stats()
+            norm.momentum = None
+    module.train()
+    with torch.no_grad():
+        module(x)
+    module.eval()
+
+
+def image_batch(batch: int, height: int, width: int, seed: int) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    return torch.rand(batch, 3, height, width, generator=generator)
+
+
+def segmenter() -> nn.Module:
+    torch.manual_seed(0)
+    model = deeplabv3_mobilenet_v3_large(
+        weights=None, weights_backbone=None, num_classes=SEGMENTATION_CLASSES
+    )
+    batch_norm_statistics_from(model.backbone, image_batch(2, 64, 96, seed=1))
+    return model.eval()
+
+
+def detector() -> nn.Module:
+    torch.manual_seed(0)
+    model = fasterrcnn_mobilenet_v3_large_320_fpn(
+        weights=None,
+        weights_backbone=None,
+        num_classes=DETECTION_CLASSES,
+        box_score_thresh=0.0,  # untrained scores are about 1 / classes
+        min_size=128,  # 128 px images are not resized
+        max_size=256,
+        rpn_pre_nms_top_n_test=50,
+        rpn_post_nms_top_n_test=20,
+        box_detections_per_img=10,
+    )
+    model.eval()
+    x = image_batch(1, 128, 128, seed=2)
+    batch_norm_statistics_from(model.backbone, model.transform([x[0]])[0].tensors)
+    return model
+
+
+@pytest.fixture(scope="module")
+def seg_model() -> nn.Module:
+    return segmenter()
+
+
+@pytest.fixture(scope="module")
+def det_model() -> nn.Module:
+    return detector()
+
+
+def gradcam_by_hand(model, layers, x, score_of_output) -> np.ndarray:
+    """Grad-CAM from its formula: hooked activations A and gradients dS/dA; weights the
+    spatial mean of the gradient, ``ReLU(sum_k w_k A_k)``, bilinear resize to the input,
+    min-max scaling per image, mean over layers."""
+    captured: dict[int, torch.Tensor] = {}
+    handles = [
+        layer.register_forward_hook(lambda m, i, o, k=k: captured.__setitem__(k, o))
+        for k, layer in enumerate(layers)
+    ]
+    try:
+        with torch.enable_grad():
+            score = score_of_output(model(x))
+    finally:
+        for handle in handles:
+            handle.remove()
+    activations = [captured[k] for k in range(len(layers))]
+    gradients = torch.autograd.grad(score, activations, allow_unused=True)
+    maps = []
+    for a, g in zip(activations, gradients):
+        a = a.detach().double()
+        g = torch.zeros_like(a) if g is None else g.double()
+        cam = torch.relu((g.mean(dim=(2, 3), keepdim=True) * a).sum(dim=1, keepdim=True))
+        cam = F.interpolate(cam, size=x.shape[2:], mode="bilinear", align_corners=False)[:, 0]
+        low = cam.amin(dim=(1, 2), keepdim=True)
+        high = cam.amax(dim=(1, 2), keepdim=True)
+        assert bool((high - low > 1e-6 * high.abs()).all()), "the oracle's map is constant"
+        maps.append((cam - low) / (high - low))
+    return torch.stack(maps).mean(dim=0).numpy()
+
+
+# --------------------------------------------------------------------- segmentation
+def predicted_masks(model, x) -> tuple[torch.Tensor, list[int]]:
+    """Each image's most frequent predicted class and its mask (the usual target)."""
+    with torch.no_grad():
+        prediction = model(x)["out"].argmax(dim=1)
+    categories = [int(torch.bincount(p.flatten()).argmax()) for p in prediction]
+    masks = torch.stack([(p == c).float() for p, c in zip(prediction, categories)])
+    return masks, categories
+
+
+def test_segmentation_target_is_the_masked_sum_of_the_class_scores(seg_model):
+    x = image_batch(2, 64, 96, seed=3)
+    with torch.no_grad():
+        out = seg_model(x)["out"]
+    assert out.shape == (2, SEGMENTATION_CLASSES, 64, 96)
+    mask = np.random.default_rng(0).random((64, 96)).astype(np.float32)
+    for image in range(2):
+        for category in range(SEGMENTATION_CLASSES):
+            target = SemanticSegmentationTarget(category, mask)
+            expected = (mask.astype(np.float64) * out[image, category].double().numpy()).sum()
+            assert float(target(out[image])) == pytest.approx(expected, rel=1e-5)
+    # A block of images (rowwise) gives one score per image.
+    target = SemanticSegmentationTarget(1, torch.from_numpy(mask))
+    block = target(out)
+    assert block.shape == (2,)
+    torch.testing.assert_close(block, torch.stack([target(out[0]), target(out[1])]))
+
+
+def test_gradcam_with_segmentation_target_is_the_formula(seg_model):
+    x = image_batch(2, 64, 96, seed=4)
+    masks, categories = predicted_masks(seg_model, x)
+    assert all(0 < float(m.mean()) for m in masks)
+    targets = [SemanticSegmentationTarget(c, m.numpy()) for c, m in zip(categories, masks)]
+    layer = seg_model.backbone["16"]
+    result = GradCAM(seg_model, [layer])(x, targets=targets)
+
+    def score(output):
+        return sum(t(output["out"][i]) for i, t in enumerate(targets))
+
+    expected = gradcam_by_hand(seg_model, [layer], x, score)
+    assert result.shape == (2, 64, 96) and result.dtype == np.float32
+    np.testing.assert_allclose(result, expected, atol=2e-5)
+
+
+def test_segmentation_mask_goes_to_the_outputs_device_once():
+    # The meta device stands in for a GPU: the mask moves there on the first call only.
+    target = SemanticSegmentationTarget(2, np.ones((6, 5), dtype=bool))
+    output = torch.empty(3, 6, 5, device="meta")
+    assert target(output).device.type == "meta"
+    moved = target.mask
+    assert moved.device.type == "meta" and moved.dtype == torch.float32
+    target(output)
+    target(torch.empty(4, 3, 6, 5, device="meta"))
+    assert target.mask is moved
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_segmentation_target_on_cuda():
+    target = SemanticSegmentationTarget(1, np.ones((4, 4), np.float32))
+    result = target(torch.ones(2, 4, 4, device="cuda"))
+    assert result.device.type == "cuda" and float(result) == 16.0
+
+
+def test_segmentation_mask_of_the_wrong_size_is_a_clear_error(seg_model):
+    x = image_batch(1, 64, 96, seed=5)
+    target = SemanticSegmentationTarget(1, np.ones((96, 64)))  # transposed
+    with pytest.raises(ValueError, match=r"mask has shape \(96, 64\).*\(64, 96\)"):
+        GradCAM(seg_model, [seg_model.backbone["16"]])(x, targets=[target])
+
+
+def test_gradcam_on_segmenter_leaves_it_as_found():
+    model = segmenter()
+    model.train()
+    model.backbone.eval()
+    model.classifier[-1].weight.grad = torch.full_like(model.classifier[-1].weight, 0.5)
+    x = image_batch(2, 64, 96, seed=6)
+    masks, categories = predicted_masks(model, x)
+    model.train()
+    model.backbone.eval()
+    before = snapshot(model)
+    targets = [SemanticSegmentationTarget(c, m) for c, m in zip(categories, masks)]
+    GradCAM(model, [model.backbone["16"]])(x, targets=targets)
+    assert_same_state(before, snapshot(model))
+
+
+# --------------------------------------------------------------------- detection
+def box_iou_by_hand(a, b) -> float:
+    width = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    height = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    intersection = width * height
+    area = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1])
+    return intersection / (area - intersection)
+
+
+def box_score_by_hand(references, reference_labels, detection, threshold=0.5) -> float:
+    boxes = detection["boxes"].tolist()
+    labels = detection["labels"].tolist()
+    scores = detection["scores"].tolist()
+    total = 0.0
+    for reference, label in zip(references, reference_labels):
+        candidates = [
+            box_iou_by_hand(reference, box) + score
+            for box, box_label, score in zip(boxes, labels, scores)
+            if box_label == label and box_iou_by_hand(reference, box) > threshold
+        ]
+        total += max(candidates, default=0.0)
+    return total
+
+
+def detect(model, x) -> list[dict[str, torch.Tensor]]:
+    with torch.no_grad():
+        return model(x)
+
+
+def test_detector_output_is_a_list_of_dicts_in_input_pixels(det_model):
+    x = image_batch(2, 128, 128, seed=7)
+    output = detect(det_model, x)
+    assert isinstance(output, list) and len(output) == 2
+    for detection in output:
+        assert set(detection) == {"boxes", "labels", "scores"}
+        assert detection["boxes"].shape == (10, 4)
+        assert float(detection["boxes"].max()) <= 128
+
+
+def test_box_score_target_is_iou_plus_score_of_the_matches(det_model):
+    x = image_batch(1, 128, 128, seed=8)
+    detection = detect(det_model, x)[0]
+    boxes = detection["boxes"].tolist()
+    labels = detection["labels"].tolist()
+    references = [
+        [boxes[0][0] + 2, boxes[0][1] + 1, boxes[0][2] + 2, boxes[0][3] - 1],
+        [v * 1.03 for v in boxes[4]],
+        boxes[7],
+        [0.0, 0.0, 3.0, 3.0],  # matches nothing
+    ]
+    reference_labels = [labels[0], labels[4], (labels[7] + 1) % DETECTION_CLASSES, labels[1]]
+    expected = box_score_by_hand(references, reference_labels, detection)
+    assert expected > 1.0  # at least one match
+    target = FasterRCNNBoxScoreTarget(reference_labels, np.array(references))
+    assert float(target(detection)) == pytest.approx(expected, rel=1e-5)
+    # The model's own detections as references: each matches itself (IoU 1) or better.
+    own = FasterRCNNBoxScoreTarget(detection["labels"], detection["boxes"])
+    own_expected = box_score_by_hand(boxes, labels, detection)
+    assert own_expected >= len(boxes) * 1.0
+    assert float(own(detection)) == pytest.approx(own_expected, rel=1e-5)
+
+
+def test_box_score_target_rejects_label_count_mismatch():
+    with pytest.raises(ValueError, match="2 labels for 3 bounding boxes"):
+        FasterRCNNBoxScoreTarget([1, 2], np.zeros((3, 4)))
+
+
+def test_box_score_target_keeps_references_on_the_outputs_device():
+    target = FasterRCNNBoxScoreTarget([1], [[0.0, 0.0, 10.0, 10.0]])
+    output = {
+        "boxes": torch.empty(3, 4, device="meta"),
+        "labels": torch.empty(3, dtype=torch.int64, device="meta"),
+        "scores": torch.empty(3, device="meta"),
+    }
+    assert target(output).device.type == "meta"
+    boxes, labels = target.bounding_boxes, target.labels
+    assert boxes.device.type == labels.device.type == "meta"
+    target(output)
+    assert target.bounding_boxes is boxes and target.labels is labels
+
+
+def test_gradcam_on_detector_is_the_formula(det_model):
+    x = image_batch(1, 128, 128, seed=9)
+    detection = detect(det_model, x)[0]
+    target = FasterRCNNBoxScoreTarget(detection["labels"][:3], detection["boxes"][:3])
+    layers = [det_model.backbone.fpn.layer_blocks[0]]
+    result = GradCAM(det_model, layers)(x, targets=[target])
+    expected = gradcam_by_hand(det_model, layers, x, lambda output: target(output[0]))
+    assert result.shape == (1, 128, 128)
+    np.testing.assert_allclose(result, expected, atol=2e-5)
+
+
+def test_box_head_reads_only_the_first_pyramid_level_of_this_detector(det_model):
+    # Both pyramid levels of the MobileNet 320 FPN have stride 32, so the RoI pooler's
+    # level mapper sends every box to level "0"; the RPN's proposals are detached, so
+    # level "1" gets no gradient from the detections: its Grad-CAM map is zero.
+    x = image_batch(1, 128, 128, seed=9)
+    detection = detect(det_model, x)[0]
+    target = FasterRCNNBoxScoreTarget(detection["labels"][:3], detection["boxes"][:3])
+    second = det_model.backbone.fpn.layer_blocks[1]
+    raw = GradCAM(det_model, [second])(x, targets=[target], scale=False)
+    np.testing.assert_array_equal(raw, np.zeros((1, 128, 128), np.float32))
+
+
+def test_cams_on_detector_leave_it_as_found():
+    model = detector()
+    model.train()
+    model.backbone.body.eval()  # mixed flags must come back as they were
+    model.roi_heads.box_predictor.cls_score.weight.grad = torch.ones_like(
+        model.roi_heads.box_predictor.cls_score.weight
+    )
+    x = image_batch(1, 128, 128, seed=10)
+    model.eval()
+    detection = detect(model, x)[0]
+    model.train()
+    model.backbone.body.eval()
+    before = snapshot(model)
+    layer = model.backbone.fpn.layer_blocks[0]
+    target = FasterRCNNBoxScoreTarget(detection["labels"][:2], detection["boxes"][:2])
+    gradcam = GradCAM(model, [layer])(x, targets=[target])
+    eigencam = EigenCAM(model, [layer])(x)
+    assert_same_state(before, snapshot(model))
+    for maps in (gradcam, eigencam):
+        assert maps.shape == (1, 128, 128)
+        assert float(maps.min()) == 0.0 and float(maps.max()) == pytest.approx(1.0)
+
+
+# --------------------------------------------------------------------- FPN reshape
+def pyramid() -> OrderedDict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(11)
+    return OrderedDict(
+        [
+            ("0", torch.randn(2, 2, 8, 12, generator=generator)),
+            ("1", torch.randn(2, 3, 4, 6, generator=generator)),
+            ("pool", torch.arange(2.0).reshape(2, 1, 1, 1).expand(2, 1, 2, 3).contiguous()),
+        ]
+    )
+
+
+def test_fasterrcnn_reshape_transform_resizes_to_the_first_level_and_concatenates():
+    levels = pyramid()
+    result = fasterrcnn_reshape_transform(levels)
+    assert result.shape == (2, 2 + 3 + 1, 8, 12)
+    torch.testing.assert_close(result[:, :2], levels["0"], rtol=0, atol=0)
+    upsampled = F.interpolate(levels["1"], size=(8, 12), mode="bilinear", align_corners=False)
+    torch.testing.assert_close(result[:, 2:5], upsampled)
+    # A constant map stays constant: image 0's pool level is 0, image 1's is 1.
+    torch.testing.assert_close(result[:, 5], torch.arange(2.0).reshape(2, 1, 1).expand(2, 8, 12))
+    # Bilinear upsampling by 2 (align_corners=False) puts every even output pixel at
+    # 3/4 of its source pixel and 1/4 of the previous one: checked by hand on one row.
+    source, row = levels["1"][0, 0, 1], result[0, 2, 3]  # output row 3: 3/4 source row 1
+    below = levels["1"][0, 0, 2]
+    for j in range(1, 5):
+        vertical = 0.75 * source + 0.25 * below
+        expected = 0.75 * vertical[j] + 0.25 * vertical[j - 1]
+        assert float(row[2 * j]) == pytest.approx(float(expected), abs=1e-5)
+
+
+def test_fasterrcnn_reshape_transform_chosen_level_and_other_containers():
+    levels = pyramid()
+    coarse = fasterrcnn_reshape_transform(levels, level="pool")
+    assert coarse.shape == (2, 6, 2, 3)
+    shrunk = F.interpolate(
+        levels["0"], size=(2, 3), mode="bilinear", align_corners=False, antialias=True
+    )
+    torch.testing.assert_close(coarse[:, :2], shrunk)
+    torch.testing.assert_close(fasterrcnn_reshape_transform(levels, level=-1), coarse)
+    middle = fasterrcnn_reshape_transform(list(levels.values()), level=1)
+    assert middle.shape == (2, 6, 4, 6)
+    torch.testing.assert_close(middle[:, 2:5], levels["1"], rtol=0, atol=0)
+    single = levels["0"]
+    assert fasterrcnn_reshape_transform(single) is single
+    with pytest.raises(ValueError, match="level='p2' is not one of the levels"):
+        fasterrcnn_reshape_transform(levels, level="p2")
+    with pytest.raises(ValueError, match="out of range"):
+        fasterrcnn_reshape_transform(levels, level=3)
+
+
+def test_fasterrcnn_reshape_transform_on_the_detectors_backbone(det_model):
+    x = image_batch(1, 128, 128, seed=12)
+    images = det_model.transform([x[0]])[0].tensors
+    with torch.no_grad():
+        features = det_model.backbone(images)
+    assert list(features) == ["0", "1", "pool"]
+    result = fasterrcnn_reshape_transform(features)
+    assert result.shape == (1, 3 * 256, *features["0"].shape[-2:])
+    torch.testing.assert_close(result[:, 256:512], features["1"], rtol=0, atol=0)
+
+
+@pytest.mark.xfail(
+    raises=TypeError,
+    strict=True,
+    reason="LayerRecorder records tensor (or tuple) outputs only; model.backbone returns an "
+    "OrderedDict. Remove this marker once layer outputs may be mappings.",
+)
+def test_gradcam_on_the_whole_backbone_with_the_fpn_transform(det_model):
+    x = image_batch(1, 128, 128, seed=13)
+    detection = detect(det_model, x)[0]
+    target = FasterRCNNBoxScoreTarget(detection["labels"][:3], detection["boxes"][:3])
+    cam = GradCAM(det_model, [det_model.backbone], reshape_transform=fasterrcnn_reshape_transform)
+    result = cam(x, targets=[target])
+    assert result.shape == (1, 128, 128)
+    assert math.isclose(float(result.max()), 1.0, abs_tol=1e-6)
+
+
+# --------------------------------------------------------------------- the examples
+@pytest.fixture(scope="module")
+def example_runs(tmp_path_factory):
+    """Both examples, run at once as scripts with --random-weights on a small image."""
+    directory = tmp_path_factory.mktemp("examples")
+    image = (np.random.default_rng(0).random((96, 136, 3)) * 255).astype(np.uint8)
+    image_path = directory / "input.png"
+    cv2.imwrite(str(image_path), image)
+    runs = {}
+    for name in ("detection", "segmentation"):
+        command = [
+            sys.executable,
+            str(REPO / "usage_examples" / f"{name}_example.py"),
+            "--random-weights",
+            "--device",
+            "cpu",
+            "--image-path",
+            str(image_path),
+            "--output-dir",
+            str(directory / name),
+        ]
+        runs[name] = subprocess.Popen(
+            command,
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "OMP_NUM_THREADS": "1"},  # the two run side by side
+        )
+    results = {}
+    for name, process in runs.items():
+        stdout, stderr = process.communicate(timeout=300)
+        results[name] = (process.returncode, stdout, stderr, directory / name)
+    return results
+
+
+@pytest.mark.parametrize("name", ["detection", "segmentation"])
+def test_example_writes_its_picture(example_runs, name):
+    returncode, stdout, stderr, output_dir = example_runs[name]
+    assert returncode == 0, stderr
+    path = output_dir / f"{name}_gradcam.jpg"
+    assert f"wrote {path}" in stdout
+    picture = cv2.imread(str(path))
+    assert picture is not None and picture.shape == (96, 136, 3)
+    assert picture.std() > 1.0  # not a blank image

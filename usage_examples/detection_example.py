@@ -1,0 +1,230 @@
+"""Explain a torchvision Faster R-CNN's detections: which pixels make it find its boxes.
+
+    python usage_examples/detection_example.py --image-path <path> [--method gradcam]
+    python usage_examples/detection_example.py --random-weights   # offline, untrained
+
+The model is ``fasterrcnn_mobilenet_v3_large_320_fpn`` with its COCO weights (from the
+torch hub cache, or downloaded when download.pytorch.org is reachable). Its output is a
+list with one dict per image (``boxes``, ``labels``, ``scores``); each image's target is a
+``FasterRCNNBoxScoreTarget`` built from the model's own detections above
+``--score-threshold``: its score is, per detection, ``IoU + score`` of the matching box,
+so gradient methods explain "these boxes, with these labels". EigenCAM
+(``--method eigencam``) needs no target: the first principal component of the features.
+
+Which layer: the feature pyramid's first output, ``model.backbone.fpn.layer_blocks[0]``.
+The box head pools its regions from the pyramid's levels, each box from the level that
+fits its size; this model's two levels have the same stride (32), so every box comes
+from level ``"0"`` and level ``"1"`` gets no gradient from the detections. For a pyramid
+whose levels differ in scale (``fasterrcnn_resnet50_fpn``), list every level's layer
+block: the CAM averages their maps.
+
+The detector resizes the image itself (to 320 px for this model) and normalises it, so
+the input tensor is the image in [0, 1] at its own size. Its boxes come back in the input's
+pixels, and so does the map.
+
+``--random-weights`` runs the pipeline untrained and offline. Untrained, the MobileNet's
+batch-norm layers (running mean 0, variance 1) shrink the features towards 0 layer after
+layer, so the example first sets their statistics from the image itself (one pass of the
+backbone in training mode); and since an untrained detector's class scores are about
+1 / 91, its score threshold is 0 and, when no detection reaches ``--score-threshold``,
+the top-scoring one is explained. If the model detects nothing at all, the map is
+EigenCAM's (class-agnostic) and the picture has no boxes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from urllib.parse import urlparse
+
+import cv2
+import numpy as np
+import torch
+from torch import nn
+from torchvision.models.detection import (
+    FasterRCNN_MobileNet_V3_Large_320_FPN_Weights,
+    fasterrcnn_mobilenet_v3_large_320_fpn,
+)
+
+import pytorch_grad_cam
+from pytorch_grad_cam import BaseCAM, EigenCAM
+from pytorch_grad_cam.cli import (
+    EXAMPLE_IMAGE,
+    CommandLineError,
+    pick_device,
+    reachable,
+    read_image,
+    resolve_method,
+    run_command,
+)
+from pytorch_grad_cam.utils.image import show_cam_on_image
+from pytorch_grad_cam.utils.model_targets import FasterRCNNBoxScoreTarget
+
+WEIGHTS = FasterRCNN_MobileNet_V3_Large_320_FPN_Weights.DEFAULT
+CATEGORIES: list[str] = WEIGHTS.meta["categories"]
+DEFAULT_SCORE_THRESHOLD = 0.5
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="detection_example.py",
+        description="Explain a torchvision Faster R-CNN's detections with a CAM.",
+        epilog="Writes detection_<method>.jpg (the map on the image, with the explained "
+        "boxes) to --output-dir.",
+    )
+    add = parser.add_argument
+    add("--image-path", default=str(EXAMPLE_IMAGE), help="image to explain")
+    add("--method", default="gradcam", help="a CAM method, e.g. gradcam or eigencam")
+    add(
+        "--random-weights",
+        action="store_true",
+        help="untrained weights (seeded): try the pipeline without downloading anything",
+    )
+    add(
+        "--score-threshold",
+        type=float,
+        default=DEFAULT_SCORE_THRESHOLD,
+        help=f"explain the detections scoring at least this (default: {DEFAULT_SCORE_THRESHOLD})",
+    )
+    add("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    add("--use-cuda", action="store_true", help="the older spelling of --device cuda")
+    add("--eigen-smooth", action="store_true", help="first principal component")
+    add("--output-dir", default="outputs", help="where the image goes (default: outputs)")
+    return parser
+
+
+def load_detector(random_weights: bool) -> nn.Module:
+    """The COCO-trained detector, or an untrained one (seeded) with ``random_weights``."""
+    if random_weights:
+        torch.manual_seed(0)
+        return fasterrcnn_mobilenet_v3_large_320_fpn(
+            weights=None, weights_backbone=None, box_score_thresh=0.0
+        ).eval()
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(WEIGHTS.url).path).name
+    if not cached.is_file() and not reachable(WEIGHTS.url):
+        raise CommandLineError(
+            f"no network to download the detector's weights: put {WEIGHTS.url} at {cached}, "
+            "or pass --random-weights to run the pipeline untrained"
+        )
+    return fasterrcnn_mobilenet_v3_large_320_fpn(weights=WEIGHTS).eval()
+
+
+def batch_norm_statistics_from(module: nn.Module, *inputs: torch.Tensor) -> None:
+    """Set the batch-norm running statistics of an untrained ``module`` from ``inputs``."""
+    norms = [m for m in module.modules() if isinstance(m, nn.BatchNorm2d)]
+    momenta = [norm.momentum for norm in norms]
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None  # a cumulative average: one pass sets the statistics
+    module.train()
+    with torch.no_grad():
+        module(*inputs)
+    module.eval()
+    for norm, momentum in zip(norms, momenta):
+        norm.momentum = momentum
+
+
+def detections_to_explain(
+    detection: dict[str, torch.Tensor], threshold: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The boxes, labels and scores of the detections at or above ``threshold``; if none,
+    the top-scoring detection; if the model found nothing, empty tensors."""
+    keep = detection["scores"] >= threshold
+    if not bool(keep.any()) and detection["scores"].numel() > 0:
+        top = detection["scores"].argmax()
+        print(
+            f"no detection scores {threshold} or more; explaining the top-scoring one "
+            f"(score {float(detection['scores'][top]):.3f}) instead"
+        )
+        keep = torch.zeros_like(keep)
+        keep[top] = True
+    return detection["boxes"][keep], detection["labels"][keep], detection["scores"][keep]
+
+
+def draw_boxes(
+    image_bgr: np.ndarray, boxes: torch.Tensor, labels: torch.Tensor, scores: torch.Tensor
+) -> np.ndarray:
+    """The boxes drawn on a copy of ``image_bgr``, each with its class name and score."""
+    image = image_bgr.copy()
+    for box, label, score in zip(boxes.tolist(), labels.tolist(), scores.tolist()):
+        x1, y1, x2, y2 = (int(round(v)) for v in box)
+        cv2.rectangle(image, (x1, y1), (x2, y2), (255, 255, 255), 2)
+        text = f"{CATEGORIES[label] if label < len(CATEGORIES) else label} {score:.2f}"
+        cv2.putText(
+            image, text, (x1 + 2, max(y1 - 4, 10)), cv2.FONT_HERSHEY_SIMPLEX, 0.4,
+            (255, 255, 255), 1, cv2.LINE_AA,
+        )  # fmt: skip
+    return image
+
+
+def cam_method(name: str) -> type[BaseCAM]:
+    """The CAM class for ``--method``: one that maps an image and its target to a map."""
+    method = resolve_method(name)
+    factorization = getattr(pytorch_grad_cam, "DeepFeatureFactorization", None)
+    if not issubclass(method, BaseCAM) or method is factorization:
+        raise CommandLineError(
+            f"--method {name}: not a CAM method that explains a target; use e.g. gradcam, "
+            "gradcam++, hirescam, layercam or eigencam"
+        )
+    return method
+
+
+def file_stem(method: str) -> str:
+    """``Grad-CAM++`` -> ``gradcampp``."""
+    return re.sub(r"[^a-z0-9]", "", method.lower().replace("+", "p"))
+
+
+def run(args: argparse.Namespace) -> Path:
+    """Detect, explain the detections with ``--method`` and write the picture."""
+    method = cam_method(args.method)
+    device = pick_device(args.device, args.use_cuda)
+    rgb = read_image(args.image_path)
+    model = load_detector(args.random_weights).to(device)
+    # The detector normalises and resizes by itself: the input is the image in [0, 1].
+    input_tensor = torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1)))[None]
+    input_tensor = input_tensor.to(device)
+    if args.random_weights:
+        resized = model.transform([input_tensor[0]])[0].tensors
+        batch_norm_statistics_from(model.backbone, resized)
+
+    weights = "untrained" if args.random_weights else "COCO weights"
+    print(f"fasterrcnn_mobilenet_v3_large_320_fpn ({weights}) on {device}")
+    with torch.no_grad():
+        detection = model(input_tensor)[0]
+    boxes, labels, scores = detections_to_explain(detection, args.score_threshold)
+    for box, label, score in zip(boxes.tolist(), labels.tolist(), scores.tolist()):
+        print(f"{score:6.3f}  {CATEGORIES[label]:<14s} {[round(v) for v in box]}")
+
+    # The feature pyramid's first output map: the one the box head pools from.
+    target_layers = [model.backbone.fpn.layer_blocks[0]]
+    if labels.numel() == 0:
+        print("the model detected nothing: the map is EigenCAM's, which needs no target")
+        method = EigenCAM
+    targets = [FasterRCNNBoxScoreTarget(labels=labels, bounding_boxes=boxes)]
+    try:
+        with method(model=model, target_layers=target_layers) as cam:
+            grayscale = cam(input_tensor, targets=targets, eigen_smooth=args.eigen_smooth)[0]
+    except ValueError as error:
+        raise CommandLineError(f"--method {args.method}: {error}".rstrip(".")) from error
+
+    overlay = show_cam_on_image(rgb, grayscale, use_rgb=True)
+    picture = draw_boxes(cv2.cvtColor(overlay, cv2.COLOR_RGB2BGR), boxes, labels, scores)
+    output_dir = Path(args.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    path = output_dir / f"detection_{file_stem(args.method)}.jpg"
+    if not cv2.imwrite(str(path), picture):
+        raise CommandLineError(f"--output-dir {output_dir}: cannot write {path.name}")
+    print(f"wrote {path}")
+    return path
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the example; returns the exit status."""
+    return run_command(run, build_parser(), argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
