@@ -12,7 +12,7 @@ import ttach
 from torch import nn
 from tqdm.auto import tqdm
 
-from pytorch_grad_cam.activations_and_gradients import split_first_tensor
+from pytorch_grad_cam.activations_and_gradients import is_tensor_mapping, split_first_tensor
 from pytorch_grad_cam.base_cam import LayerContext, ReshapeTransform
 from pytorch_grad_cam.perturbation_cam import PerturbationCAM, check_batch_size
 from pytorch_grad_cam.utils.maps import spatial_axes
@@ -108,6 +108,7 @@ class AblationCAM(PerturbationCAM):
         self, activations: torch.Tensor, gradients: torch.Tensor | None, context: LayerContext
     ) -> torch.Tensor:
         _check_ratio(self.ratio_channels_to_ablate)
+        _check_one_tensor(context)
         batch, channels = activations.shape[:2]
         chosen = self._channels_to_ablate(activations)  # B x k, on the device
         # Zeroing a channel that is already all zero changes nothing (y_k = y): those rows
@@ -229,6 +230,20 @@ def _check_ratio(ratio: Any) -> None:
     if not isinstance(ratio, (int, float)) or not 0 < ratio <= 1:
         raise ValueError(
             f"ratio_channels_to_ablate must be in (0, 1], got {ratio!r}; 1.0 ablates every channel."
+        )
+
+
+def _check_one_tensor(context: LayerContext) -> None:
+    """A mapping of tensors (a feature pyramid) has no channels of its own to set to zero."""
+    if is_tensor_mapping(context.layer_output):
+        layer = type(context.layer).__name__
+        raise ValueError(
+            "AblationCAM needs a layer whose output is one tensor, to set its channels to "
+            f"zero; target_layers[{context.layer_index}] ({layer}) outputs a mapping "
+            f"({type(context.layer_output).__name__}) of tensors (keys "
+            f"{list(context.layer_output.keys())}). Use a level of the pyramid, e.g. "
+            "model.backbone.fpn.layer_blocks[0], or GradCAM / EigenCAM / ScoreCAM, which "
+            "take the mapping with its reshape_transform."
         )
 
 

@@ -10,11 +10,17 @@ the part of the network before the first target layer needs no graph. The hook
 always hands the rest of the network a copy of the output, so that an in-place
 operation downstream (DenseNet's ``F.relu(features, inplace=True)``) cannot overwrite
 the recorded activations or their place in the graph.
+
+A layer may also output a mapping of tensors (torchvision's FPN backbone returns an
+``OrderedDict`` of pyramid levels): it is recorded whole, each tensor as a single
+tensor would be, and the ``reshape_transform`` combines the tensors into one
+``B x C x H x W`` activation (``fasterrcnn_reshape_transform``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import copy
+from collections.abc import Callable, MutableMapping, Sequence
 from typing import Any
 
 import torch
@@ -24,15 +30,16 @@ from torch import nn
 class LayerRecorder:
     """Context manager that records the output of each layer in ``layers``.
 
-    After the forward pass, ``outputs[i]`` is the last output of ``layers[i]`` (or
-    ``None`` if the forward pass never reached it). With ``track_gradients`` each
-    recorded tensor is part of an autograd graph that leads to the model output.
+    After the forward pass, ``outputs[i]`` is the last output of ``layers[i]`` (a tensor,
+    or a mapping of tensors; ``None`` if the forward pass never reached it). With
+    ``track_gradients`` each recorded tensor is part of an autograd graph that leads to
+    the model output.
     """
 
     def __init__(self, layers: Sequence[nn.Module], track_gradients: bool):
         self.layers = list(layers)
         self.track_gradients = track_gradients
-        self.outputs: list[torch.Tensor | None] = [None] * len(self.layers)
+        self.outputs: list[Any] = [None] * len(self.layers)
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
 
     def __enter__(self) -> LayerRecorder:
@@ -54,23 +61,31 @@ class LayerRecorder:
 
     def _make_hook(self, index: int):
         def hook(module: nn.Module, inputs: Any, output: Any) -> Any:
-            tensor, rebuild = split_first_tensor(output)
-            if tensor is None:
+            if is_tensor_mapping(output):  # recorded whole
+                value, rebuild = output, lambda replacement: replacement
+            else:
+                value, rebuild = split_first_tensor(output)
+            if value is None:
                 raise TypeError(
                     f"target_layers[{index}] ({type(module).__name__}) returned "
                     f"{type(output).__name__}, which holds no tensor to explain; pick a layer "
-                    "that outputs a tensor."
+                    "that outputs a tensor (or a mapping of tensors)."
                 )
-            if not self.track_gradients:
-                self.outputs[index] = tensor.detach()
-                return rebuild(tensor.clone())
-            torch.set_grad_enabled(True)
-            if not tensor.requires_grad:
-                tensor = tensor.detach().requires_grad_(True)
-            self.outputs[index] = tensor
-            return rebuild(tensor.clone())
+            if self.track_gradients:
+                torch.set_grad_enabled(True)
+            recorded = map_tensors(self._recordable, value)
+            self.outputs[index] = recorded
+            return rebuild(map_tensors(torch.clone, recorded))
 
         return hook
+
+    def _recordable(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Detached without gradients; with them, a tensor whose gradient can be taken."""
+        if not self.track_gradients:
+            return tensor.detach()
+        if not tensor.requires_grad:
+            return tensor.detach().requires_grad_(True)
+        return tensor
 
 
 def split_first_tensor(output: Any):
@@ -82,3 +97,24 @@ def split_first_tensor(output: Any):
         container = type(output) if isinstance(output, list) else tuple
         return output[0], lambda replacement: container([replacement, *rest])
     return None, None
+
+
+def is_tensor_mapping(value: Any) -> bool:
+    """Whether ``value`` is a non-empty mutable mapping (a dict, an OrderedDict) whose
+    values are all tensors."""
+    return (
+        isinstance(value, MutableMapping)
+        and len(value) > 0
+        and all(isinstance(item, torch.Tensor) for item in value.values())
+    )
+
+
+def map_tensors(function: Callable[[torch.Tensor], torch.Tensor], value: Any) -> Any:
+    """``function`` applied to a tensor, or to every tensor of a mapping (a shallow copy,
+    so the mapping's type is kept)."""
+    if not is_tensor_mapping(value):
+        return function(value)
+    mapped = copy.copy(value)
+    for key, tensor in value.items():
+        mapped[key] = function(tensor)
+    return mapped

@@ -6,6 +6,9 @@ One call runs, in torch on the model's device:
     -> channel sum, or first principal component (eigen_smooth) -> ReLU
     -> resize to the input's spatial size -> per-image [0, 1] scaling -> mean over layers
 
+A target layer may output a mapping of tensors (a feature pyramid); its gradient is
+then a mapping too, and the ``reshape_transform`` turns both into ``B x C x H x W``.
+
 The user's model is left as it was found: hooks exist only during a call, the
 modules' train/eval flags are restored, gradients are taken with
 ``torch.autograd.grad`` with respect to the activations only, so no parameter's
@@ -31,7 +34,11 @@ import torch
 import ttach
 from torch import nn
 
-from pytorch_grad_cam.activations_and_gradients import LayerRecorder
+from pytorch_grad_cam.activations_and_gradients import (
+    LayerRecorder,
+    is_tensor_mapping,
+    map_tensors,
+)
 from pytorch_grad_cam.utils.maps import first_principal_component, resize_maps, scale_to_unit_range
 from pytorch_grad_cam.utils.model_outputs import OutputSelector, select_output
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
@@ -70,8 +77,9 @@ class LayerContext:
     targets: list[Target] | None
     #: Each image's target score on the unperturbed input, shape ``B``, detached.
     target_scores: torch.Tensor | None
-    #: The layer's output as the model produced it, before ``reshape_transform``.
-    layer_output: torch.Tensor
+    #: The layer's output as the model produced it, before ``reshape_transform``: a tensor,
+    #: or a mapping of tensors.
+    layer_output: Any
     reshape_transform: ReshapeTransform | None
 
 
@@ -296,10 +304,10 @@ class BaseCAM:
             self.outputs = detached_output(output)
         layer_outputs = check_reached(recorder.outputs, self.target_layers)
         if self.uses_gradients:
-            gradients = _gradients(scores, layer_outputs)
+            gradients = layer_gradients(scores, layer_outputs)
         else:
             gradients = [None] * len(layer_outputs)
-        detached = [layer_output.detach() for layer_output in layer_outputs]
+        detached = [map_tensors(torch.Tensor.detach, output) for output in layer_outputs]
         return detached, gradients, targets, None if scores is None else scores.detach()
 
     def _run_model(self, input_tensor: torch.Tensor) -> Any:
@@ -350,8 +358,18 @@ class BaseCAM:
         The user's ``reshape_transform`` if given (with ``image_size=`` bound when it takes
         that keyword). Otherwise, for an image: token sequences ``B x N x C`` go through
         ``tokens_to_grid`` and channels-last ``B x H x W x C`` outputs through
-        ``channels_last_to_first``, announced once per layer with a warning.
+        ``channels_last_to_first``, announced once per layer with a warning. A mapping of
+        tensors needs the user's transform.
         """
+        if self.reshape_transform is None and is_tensor_mapping(layer_output):
+            layer = type(self.target_layers[index]).__name__
+            mapping = type(layer_output).__name__
+            raise ValueError(
+                f"target_layers[{index}] ({layer}) outputs a mapping ({mapping}) of tensors "
+                f"(keys {list(layer_output.keys())}); pass a reshape_transform that "
+                "combines them into B x C x H x W, e.g. fasterrcnn_reshape_transform from "
+                "pytorch_grad_cam.utils.reshape_transforms for a feature pyramid."
+            )
         if self.reshape_transform is not None:
             if _takes_image_size(self.reshape_transform):
                 return functools.partial(self.reshape_transform, image_size=tuple(image_size))
@@ -391,10 +409,10 @@ class BaseCAM:
     def _reshape(
         self, index: int, tensor: torch.Tensor, transform: ReshapeTransform | None
     ) -> torch.Tensor:
-        original_shape = tuple(tensor.shape)
+        original_shape = _shape_of(tensor)
         if transform is not None:
             tensor = transform(tensor)
-        if tensor.ndim not in (4, 5):
+        if not isinstance(tensor, torch.Tensor) or tensor.ndim not in (4, 5):
             layer = type(self.target_layers[index]).__name__
             if transform is None:
                 raise ValueError(
@@ -406,7 +424,7 @@ class BaseCAM:
                 )
             raise ValueError(
                 f"reshape_transform turned the output of target_layers[{index}] ({layer}), "
-                f"of shape {original_shape}, into shape {tuple(tensor.shape)}; it must "
+                f"of shape {original_shape}, into {_shape_of(tensor)}; it must "
                 "return B x C x H x W or B x C x D x H x W."
             )
         return tensor.float()  # _forward already detached the outputs; gradients have no graph
@@ -606,15 +624,36 @@ def check_reached(
     return outputs  # type: ignore[return-value]
 
 
-def _gradients(scores: torch.Tensor, activations: list[torch.Tensor]) -> list[torch.Tensor]:
+def layer_gradients(scores: torch.Tensor, activations: list[Any]) -> list[Any]:
     """d(sum of the images' scores)/d(activation) for every layer (images are independent);
-    zeros where the scores do not depend on it."""
+    zeros where the scores do not depend on it. A layer's mapping of tensors gets a
+    mapping of their gradients."""
     with torch.enable_grad():
         score = scores.sum()
-    if not score.requires_grad:
-        return [torch.zeros_like(a) for a in activations]
-    gradients = torch.autograd.grad(score, activations, allow_unused=True)
-    return [torch.zeros_like(a) if g is None else g for a, g in zip(activations, gradients)]
+    flat = [
+        tensor
+        for activation in activations
+        for tensor in (activation.values() if is_tensor_mapping(activation) else [activation])
+    ]
+    if score.requires_grad:
+        flat_gradients = torch.autograd.grad(score, flat, allow_unused=True)
+    else:
+        flat_gradients = [None] * len(flat)
+    remaining = iter(
+        [torch.zeros_like(a) if g is None else g for a, g in zip(flat, flat_gradients)]
+    )
+    # map_tensors visits a mapping's tensors in the order flattened above.
+    return [map_tensors(lambda _: next(remaining), activation) for activation in activations]
+
+
+def _shape_of(value: Any) -> Any:
+    """For error messages: a tensor's shape, each shape of a mapping of tensors, or
+    the type of anything else."""
+    if is_tensor_mapping(value):
+        return {key: tuple(tensor.shape) for key, tensor in value.items()}
+    if isinstance(value, torch.Tensor):
+        return tuple(value.shape)
+    return type(value).__name__
 
 
 def _takes_image_size(function: Callable) -> bool:

@@ -12,7 +12,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from pytorch_grad_cam.activations_and_gradients import LayerRecorder
-from pytorch_grad_cam.base_cam import LayerContext, ReshapeTransform, Target
+from pytorch_grad_cam.base_cam import LayerContext, ReshapeTransform, Target, layer_gradients
 from pytorch_grad_cam.grad_cam_plusplus import GradCAMPlusPlus
 from pytorch_grad_cam.perturbation_cam import check_batch_size
 from pytorch_grad_cam.utils.maps import spatial_axes
@@ -161,10 +161,7 @@ class SmoothGradCAMpp(GradCAMPlusPlus):
         outputs = recorder.outputs
         if any(output is None for output in outputs):
             raise ValueError("a target layer was not reached by the forward pass of a noisy copy.")
-        if not scores.requires_grad:
-            return [torch.zeros_like(output) for output in outputs]
-        gradients = torch.autograd.grad(scores.sum(), outputs, allow_unused=True)
-        return [torch.zeros_like(o) if g is None else g for o, g in zip(outputs, gradients)]
+        return layer_gradients(scores, outputs)
 
 
 # --------------------------------------------------------------------- shared with SS-CAM

@@ -1,13 +1,14 @@
 """Targets for segmentation and detection on the real torchvision models (random weights),
-the feature-pyramid reshape, and the two usage examples run as scripts."""
+the feature-pyramid reshape, target layers that output a mapping of tensors (a pyramid's
+levels), and the two usage examples run as scripts."""
 
 from __future__ import annotations
 
-import math
 import os
 import subprocess
 import sys
 from collections import OrderedDict
+from collections.abc import Mapping
 from pathlib import Path
 
 import cv2
@@ -20,8 +21,10 @@ from torch import nn
 from torchvision.models.detection import fasterrcnn_mobilenet_v3_large_320_fpn
 from torchvision.models.segmentation import deeplabv3_mobilenet_v3_large
 
-from pytorch_grad_cam import EigenCAM, GradCAM
+from pytorch_grad_cam import AblationCAM, EigenCAM, GradCAM, GradCAMPlusPlus, ScoreCAM
+from pytorch_grad_cam.activations_and_gradients import LayerRecorder
 from pytorch_grad_cam.utils.model_targets import (
+    ClassifierOutputTarget,
     FasterRCNNBoxScoreTarget,
     SemanticSegmentationTarget,
 )
@@ -88,10 +91,11 @@ def det_model() -> nn.Module:
     return detector()
 
 
-def gradcam_by_hand(model, layers, x, score_of_output) -> np.ndarray:
-    """Grad-CAM from its formula: hooked activations A and gradients dS/dA; weights the
-    spatial mean of the gradient, ``ReLU(sum_k w_k A_k)``, bilinear resize to the input,
-    min-max scaling per image, mean over layers."""
+def gradcam_by_hand(model, layers, x, score_of_output, transform=None) -> np.ndarray:
+    """Grad-CAM from its formula: hooked activations A and gradients dS/dA (for a layer
+    that outputs a mapping of levels: the levels and their gradients, each combined by
+    ``transform``); weights the spatial mean of the gradient, ``ReLU(sum_k w_k A_k)``,
+    bilinear resize to the input, min-max scaling per image, mean over layers."""
     captured: dict[int, torch.Tensor] = {}
     handles = [
         layer.register_forward_hook(lambda m, i, o, k=k: captured.__setitem__(k, o))
@@ -103,12 +107,19 @@ def gradcam_by_hand(model, layers, x, score_of_output) -> np.ndarray:
     finally:
         for handle in handles:
             handle.remove()
-    activations = [captured[k] for k in range(len(layers))]
-    gradients = torch.autograd.grad(score, activations, allow_unused=True)
+    outputs = [captured[k] for k in range(len(layers))]
+    levels = [list(o.values()) if isinstance(o, Mapping) else [o] for o in outputs]
+    flat = [level for layer_levels in levels for level in layer_levels]
+    remaining = iter(torch.autograd.grad(score, flat, allow_unused=True))
     maps = []
-    for a, g in zip(activations, gradients):
-        a = a.detach().double()
-        g = torch.zeros_like(a) if g is None else g.double()
+    for output, layer_levels in zip(outputs, levels):
+        grads = [next(remaining) for _ in layer_levels]
+        a = [level.detach() for level in layer_levels]
+        g = [torch.zeros_like(level) if grad is None else grad for level, grad in zip(a, grads)]
+        if isinstance(output, Mapping):
+            a = [transform(OrderedDict(zip(output.keys(), a)))]
+            g = [transform(OrderedDict(zip(output.keys(), g)))]
+        a, g = a[0].double(), g[0].double()
         cam = torch.relu((g.mean(dim=(2, 3), keepdim=True) * a).sum(dim=1, keepdim=True))
         cam = F.interpolate(cam, size=x.shape[2:], mode="bilinear", align_corners=False)[:, 0]
         low = cam.amin(dim=(1, 2), keepdim=True)
@@ -392,20 +403,209 @@ def test_fasterrcnn_reshape_transform_on_the_detectors_backbone(det_model):
     torch.testing.assert_close(result[:, 256:512], features["1"], rtol=0, atol=0)
 
 
-@pytest.mark.xfail(
-    raises=TypeError,
-    strict=True,
-    reason="LayerRecorder records tensor (or tuple) outputs only; model.backbone returns an "
-    "OrderedDict. Remove this marker once layer outputs may be mappings.",
-)
 def test_gradcam_on_the_whole_backbone_with_the_fpn_transform(det_model):
     x = image_batch(1, 128, 128, seed=13)
     detection = detect(det_model, x)[0]
     target = FasterRCNNBoxScoreTarget(detection["labels"][:3], detection["boxes"][:3])
+    before = snapshot(det_model)
     cam = GradCAM(det_model, [det_model.backbone], reshape_transform=fasterrcnn_reshape_transform)
     result = cam(x, targets=[target])
+    assert_same_state(before, snapshot(det_model))
+    expected = gradcam_by_hand(
+        det_model,
+        [det_model.backbone],
+        x,
+        lambda output: target(output[0]),
+        transform=fasterrcnn_reshape_transform,
+    )
     assert result.shape == (1, 128, 128)
-    assert math.isclose(float(result.max()), 1.0, abs_tol=1e-6)
+    np.testing.assert_allclose(result, expected, atol=2e-5)
+    # Only level "0" gets a gradient from the boxes (see the test above), and the
+    # transform keeps it as it is: the map is that of the level's own layer.
+    first_level = GradCAM(det_model, [det_model.backbone.fpn.layer_blocks[0]])(x, targets=[target])
+    np.testing.assert_allclose(result, first_level, atol=1e-6)
+
+
+# --------------------------------------------------------------------- mapping outputs
+PYRAMID_CLASSES = 3
+
+
+class TwoLevels(nn.Module):
+    """A feature pyramid in miniature: an OrderedDict of a fine level (4 channels at the
+    input's size) and a coarse one (2 channels, stride 2)."""
+
+    def __init__(self):
+        super().__init__()
+        self.fine = nn.Conv2d(3, 4, 3, padding=1)
+        self.coarse = nn.Conv2d(3, 2, 3, stride=2, padding=1)
+
+    def forward(self, x):
+        return OrderedDict([("fine", self.fine(x)), ("coarse", self.coarse(x))])
+
+
+class Combined(nn.Module):
+    """The levels combined as one tensor, by the transform the CAMs are given."""
+
+    def forward(self, levels):
+        return fasterrcnn_reshape_transform(levels)
+
+
+class PyramidNet(nn.Module):
+    """stem -> TwoLevels -> a linear head on each level's spatial sum, added up: the
+    score's gradient is ``factor * W_l[class, k]`` everywhere on channel ``k`` of level
+    ``l``. ``probe`` outputs the levels combined (a single-tensor twin of
+    ``levels`` for the methods that use activations only; the score does not use it).
+    With ``in_place``, the head doubles the fine level in place and replaces the coarse
+    one in the mapping by 3 times it (factors 2 and 3)."""
+
+    def __init__(self, in_place: bool = False):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 3, 3, padding=1)
+        self.levels = TwoLevels()
+        self.probe = Combined()
+        self.fine_head = nn.Linear(4, PYRAMID_CLASSES, bias=False)
+        self.coarse_head = nn.Linear(2, PYRAMID_CLASSES, bias=False)
+        self.in_place = in_place
+
+    def forward(self, x):
+        levels = self.levels(torch.relu(self.stem(x)))
+        self.probe(levels)
+        if self.in_place:
+            levels["fine"].mul_(2)
+            levels["coarse"] = 3 * levels["coarse"]
+        fine, coarse = levels["fine"].sum(dim=(2, 3)), levels["coarse"].sum(dim=(2, 3))
+        return self.fine_head(fine) + self.coarse_head(coarse)
+
+
+def pyramid_net(in_place: bool = False) -> PyramidNet:
+    torch.manual_seed(16)
+    return PyramidNet(in_place).eval()
+
+
+PYRAMID_CATEGORIES = [2, 0]
+
+
+def pyramid_setup(in_place: bool = False):
+    model = pyramid_net(in_place)
+    x = image_batch(2, 12, 16, seed=15)
+    targets = [ClassifierOutputTarget(c) for c in PYRAMID_CATEGORIES]
+    return model, x, targets
+
+
+def pyramid_closed_form(model: PyramidNet, x: torch.Tensor, method: str) -> torch.Tensor:
+    """The raw (unscaled) map from the levels computed directly and the analytic
+    gradient: a constant per channel, so Grad-CAM's weight is that constant and Grad-CAM++'s
+    is ``H W alpha ReLU(g)`` with ``alpha = g^2 / (2 g^2 + sum(A) g^3)``."""
+    factors = (2.0, 3.0) if model.in_place else (1.0, 1.0)
+    with torch.no_grad():
+        levels = model.levels(torch.relu(model.stem(x)))
+        activations = fasterrcnn_reshape_transform(levels).double()
+        gradients = []
+        for head, factor in zip((model.fine_head, model.coarse_head), factors):
+            gradients.append(factor * head.weight[PYRAMID_CATEGORIES].double())  # B x channels
+        g = torch.cat(gradients, dim=1)[:, :, None, None]  # B x C x 1 x 1
+    if method == "gradcam":
+        weights = g
+    else:
+        area = activations.shape[2] * activations.shape[3]
+        total = activations.sum(dim=(2, 3), keepdim=True)
+        denominator = 2 * g**2 + total * g**3
+        alpha = torch.where(denominator != 0, g**2 / denominator, torch.zeros_like(g))
+        weights = area * alpha * torch.relu(g)
+    return torch.relu((weights * activations).sum(dim=1)).float()
+
+
+def scaled(maps: torch.Tensor) -> torch.Tensor:
+    low = maps.amin(dim=(1, 2), keepdim=True)
+    high = maps.amax(dim=(1, 2), keepdim=True)
+    return (maps - low) / (high - low)
+
+
+GRADIENT_METHODS = {"gradcam": GradCAM, "gradcam++": GradCAMPlusPlus}
+
+
+@pytest.mark.parametrize("name", list(GRADIENT_METHODS))
+@pytest.mark.parametrize("in_place", [False, True], ids=["plain", "in_place_downstream"])
+def test_gradient_cams_on_a_mapping_output_are_the_closed_form(name, in_place):
+    model, x, targets = pyramid_setup(in_place)
+    cam = GRADIENT_METHODS[name](
+        model, [model.levels], reshape_transform=fasterrcnn_reshape_transform
+    )
+    raw = cam(x, targets=targets, scale=False, as_tensor=True)
+    expected = pyramid_closed_form(model, x, name)
+    assert raw.shape == (2, 12, 16)
+    high, low = expected.amax(dim=(1, 2)), expected.amin(dim=(1, 2))
+    assert bool((high - low > 1e-3 * high).all())  # neither map is constant
+    torch.testing.assert_close(raw, expected, rtol=1e-5, atol=1e-6)
+    maps = cam(x, targets=targets, as_tensor=True)
+    torch.testing.assert_close(maps, scaled(expected), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("method", [EigenCAM, ScoreCAM], ids=lambda m: m.__name__)
+def test_activation_cams_on_a_mapping_equal_its_single_tensor_twin(method):
+    model, x, targets = pyramid_setup()
+    on_mapping = method(model, [model.levels], reshape_transform=fasterrcnn_reshape_transform)
+    on_twin = method(model, [model.probe])
+    np.testing.assert_allclose(
+        on_mapping(x, targets=targets), on_twin(x, targets=targets), rtol=1e-5, atol=1e-6
+    )
+
+
+def test_a_mapping_and_a_tensor_layer_together_average_their_maps():
+    model, x, targets = pyramid_setup()
+    transform = fasterrcnn_reshape_transform  # returns a single tensor as it is
+
+    def maps(layers):
+        return GradCAM(model, layers, reshape_transform=transform)(x, targets=targets)
+
+    both = maps([model.levels, model.stem])
+    np.testing.assert_allclose(
+        both, (maps([model.levels]) + maps([model.stem])) / 2, rtol=1e-5, atol=1e-6
+    )
+
+
+def test_a_mapping_output_needs_a_reshape_transform():
+    model, x, targets = pyramid_setup()
+    with pytest.raises(
+        ValueError,
+        match=r"target_layers\[0\] \(TwoLevels\) outputs a mapping \(OrderedDict\) of "
+        r"tensors \(keys \['fine', 'coarse'\]\); pass a reshape_transform .* "
+        r"fasterrcnn_reshape_transform",
+    ):
+        GradCAM(model, [model.levels])(x, targets=targets)
+    with pytest.raises(
+        ValueError,
+        match=r"of shape \{'fine': \(2, 4, 12, 16\), 'coarse': \(2, 2, 6, 8\)\}, "
+        r"into \(2, 12, 16\)",
+    ):
+        GradCAM(model, [model.levels], reshape_transform=lambda levels: levels["fine"][:, 0])(
+            x, targets=targets
+        )
+
+
+def test_ablation_cam_on_a_mapping_output_is_a_clear_error():
+    model, x, targets = pyramid_setup()
+    cam = AblationCAM(model, [model.levels], reshape_transform=fasterrcnn_reshape_transform)
+    with pytest.raises(
+        ValueError,
+        match=r"AblationCAM needs a layer whose output is one tensor.*\(TwoLevels\) outputs a "
+        r"mapping.*model.backbone.fpn.layer_blocks\[0\], or GradCAM / EigenCAM / ScoreCAM",
+    ):
+        cam(x, targets=targets)
+
+
+@pytest.mark.parametrize("track_gradients", [True, False])
+def test_in_place_changes_downstream_leave_the_recorded_mapping_alone(track_gradients):
+    model, x, _ = pyramid_setup(in_place=True)
+    with torch.no_grad():
+        expected = model.levels(torch.relu(model.stem(x)))
+    with LayerRecorder([model.levels], track_gradients) as recorder, torch.no_grad():
+        model(x)
+    recorded = recorder.outputs[0]
+    assert type(recorded) is OrderedDict and list(recorded) == ["fine", "coarse"]
+    for key, level in expected.items():
+        assert recorded[key].requires_grad == track_gradients
+        torch.testing.assert_close(recorded[key].detach(), level, rtol=0, atol=0)
 
 
 # --------------------------------------------------------------------- the examples

@@ -11,12 +11,16 @@ list with one dict per image (``boxes``, ``labels``, ``scores``); each image's t
 so gradient methods explain "these boxes, with these labels". EigenCAM
 (``--method eigencam``) needs no target: the first principal component of the features.
 
-Which layer: the feature pyramid's first output, ``model.backbone.fpn.layer_blocks[0]``.
-The box head pools its regions from the pyramid's levels, each box from the level that
-fits its size; this model's two levels have the same stride (32), so every box comes
-from level ``"0"`` and level ``"1"`` gets no gradient from the detections. For a pyramid
-whose levels differ in scale (``fasterrcnn_resnet50_fpn``), list every level's layer
-block: the CAM averages their maps.
+Which layer: the whole backbone, ``model.backbone``. Its output is an ``OrderedDict`` of
+the feature pyramid's levels (``"0"``, ``"1"``, ``"pool"``); ``fasterrcnn_reshape_transform``
+resizes every level to the first one's size and concatenates them along the channels,
+so the CAM weights every channel of every level. The box head pools its regions from the
+levels, each box from the level that fits its size; this model's levels ``"0"`` and
+``"1"`` have the same stride (32), so every box comes from level ``"0"``: the other levels
+get no gradient from the detections and weight 0 in gradient methods (EigenCAM, which
+needs no gradient, uses them all). The same recipe fits pyramids whose levels differ in
+scale (``fasterrcnn_resnet50_fpn``). AblationCAM sets channels of one tensor to zero,
+so it explains the first level's layer, ``model.backbone.fpn.layer_blocks[0]``, instead.
 
 The detector resizes the image itself (to 320 px for this model) and normalises it, so
 the input tensor is the image in [0, 1] at its own size. Its boxes come back in the input's
@@ -50,7 +54,7 @@ from torchvision.models.detection import (
 )
 
 import pytorch_grad_cam
-from pytorch_grad_cam import BaseCAM, EigenCAM
+from pytorch_grad_cam import AblationCAM, BaseCAM, EigenCAM
 from pytorch_grad_cam.cli import (
     EXAMPLE_IMAGE,
     CommandLineError,
@@ -62,6 +66,7 @@ from pytorch_grad_cam.cli import (
 )
 from pytorch_grad_cam.utils.image import show_cam_on_image
 from pytorch_grad_cam.utils.model_targets import FasterRCNNBoxScoreTarget
+from pytorch_grad_cam.utils.reshape_transforms import fasterrcnn_reshape_transform
 
 WEIGHTS = FasterRCNN_MobileNet_V3_Large_320_FPN_Weights.DEFAULT
 CATEGORIES: list[str] = WEIGHTS.meta["categories"]
@@ -198,14 +203,20 @@ def run(args: argparse.Namespace) -> Path:
     for box, label, score in zip(boxes.tolist(), labels.tolist(), scores.tolist()):
         print(f"{score:6.3f}  {CATEGORIES[label]:<14s} {[round(v) for v in box]}")
 
-    # The feature pyramid's first output map: the one the box head pools from.
-    target_layers = [model.backbone.fpn.layer_blocks[0]]
+    # The whole feature pyramid: its levels, resized to the first one's size, side by side.
+    target_layers, reshape_transform = [model.backbone], fasterrcnn_reshape_transform
+    if issubclass(method, AblationCAM):  # it needs a layer that outputs one tensor
+        target_layers, reshape_transform = [model.backbone.fpn.layer_blocks[0]], None
     if labels.numel() == 0:
         print("the model detected nothing: the map is EigenCAM's, which needs no target")
         method = EigenCAM
     targets = [FasterRCNNBoxScoreTarget(labels=labels, bounding_boxes=boxes)]
     try:
-        with method(model=model, target_layers=target_layers) as cam:
+        with method(
+            model=model,
+            target_layers=target_layers,
+            reshape_transform=reshape_transform,
+        ) as cam:
             grayscale = cam(input_tensor, targets=targets, eigen_smooth=args.eigen_smooth)[0]
     except ValueError as error:
         raise CommandLineError(f"--method {args.method}: {error}".rstrip(".")) from error
