@@ -12,7 +12,13 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from pytorch_grad_cam.activations_and_gradients import LayerRecorder
-from pytorch_grad_cam.base_cam import LayerContext, ReshapeTransform, Target, layer_gradients
+from pytorch_grad_cam.base_cam import (
+    LayerContext,
+    ReshapeTransform,
+    Target,
+    check_reached,
+    layer_gradients,
+)
 from pytorch_grad_cam.grad_cam_plusplus import GradCAMPlusPlus
 from pytorch_grad_cam.perturbation_cam import check_batch_size
 from pytorch_grad_cam.utils.maps import spatial_axes
@@ -158,10 +164,7 @@ class SmoothGradCAMpp(GradCAMPlusPlus):
         with LayerRecorder(self.target_layers, track_gradients=True) as recorder:
             with torch.no_grad():  # the recorder turns autograd on at the first target layer
                 scores = self._target_scores(self.model(batch), targets)
-        outputs = recorder.outputs
-        if any(output is None for output in outputs):
-            raise ValueError("a target layer was not reached by the forward pass of a noisy copy.")
-        return layer_gradients(scores, outputs)
+        return layer_gradients(scores, check_reached(recorder.outputs, self.target_layers))
 
 
 # --------------------------------------------------------------------- shared with SS-CAM

@@ -12,6 +12,7 @@ from torch import nn
 from pytorch_grad_cam import GradCAM
 from pytorch_grad_cam.metrics import CascadingRandomization, cascading_randomization
 from pytorch_grad_cam.metrics.sanity_check import _average_ranks
+from pytorch_grad_cam.random_cam import RandomCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
 
@@ -52,6 +53,13 @@ def test_the_map_survives_no_randomisation_and_an_unused_head(case):
     np.testing.assert_array_equal(head.pearson, np.ones(4, dtype=np.float32))
     expected = GradCAM(model, [model.features])(x, targets)
     np.testing.assert_array_equal(head.maps, expected)
+
+
+def test_the_original_step_recomputes_the_map_so_a_random_method_shows_its_noise(case):
+    model, x, targets = case
+    torch.manual_seed(0)
+    (original,) = CascadingRandomization(RandomCAM, ["features"], steps=[])(x, targets, model)
+    assert np.nanmean(original.correlation) < 0.99  # two calls, two different random maps
 
 
 def test_the_cascade_goes_top_down_and_destroys_the_map(case):

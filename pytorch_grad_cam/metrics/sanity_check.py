@@ -154,8 +154,10 @@ class CascadingRandomization:
             targets = [ClassifierOutputTarget(category) for category in top]
 
         original = self._maps(pristine, layer_names, x, targets)
-        results = [_compare("original", (), original, original, return_maps)]
-        working = copy.deepcopy(pristine) if self.cascading else None
+        again = self._maps(pristine, layer_names, x, targets)
+        results = [_compare("original", (), original, again, return_maps)]
+        # Cascading randomises the copy in place: the pristine one is no longer needed.
+        working = pristine
         for step, names in zip(steps, step_modules):
             if not self.cascading:
                 working = copy.deepcopy(pristine)
