@@ -67,11 +67,12 @@ class FullGrad(BaseCAM):
     ``dy/db (*) b = dy/dz * b`` (``b`` broadcast along the layer's channel axis; summed
     over positions it is ``dy/db_c * b_c``):
 
-    ``map = sum_c psi((dy/dx * x)_c) + sum_layers sum_c psi((dy/dz * b)_c)``,
+    ``map = sum_c psi(dy/dx * x)_c + sum_layers sum_c psi((dy/dz * b)_c)``,
 
     ``psi(M) = s(Up(|M|))``: absolute value, (bi/tri)linear upsampling to the input's size,
-    min-max normalisation per image and channel (``s``, a constant map becomes zeros). The
-    first sum is over the input's channels, the second over each layer's channels. Bias
+    min-max normalisation per image (``s``, a constant map becomes zeros). The input term
+    is one ``psi`` over all the input's channels (the paper's ``psi(grad_x f * x)``), then
+    summed over them; each bias term is normalised per channel and summed. Bias
     terms without spatial axes (a linear layer after pooling) are constant and contribute
     nothing to the map; bias terms whose layout cannot be matched to the input's
     (token sequences) are left out with a warning. :meth:`decompose` gives the raw terms.
@@ -148,7 +149,7 @@ class FullGrad(BaseCAM):
     ) -> torch.Tensor:
         terms = self._decompose(input_tensor, targets)
         size = input_tensor.shape[2:]
-        total = _psi_sum(terms.input_term, size)
+        total = _psi_sum(terms.input_term, size, per_channel=False)
         left_out = []
         for term, axis, layer in zip(terms.bias_terms, terms.bias_axes, terms.bias_layers):
             channels_first = term.movedim(axis % term.ndim, 1)
@@ -168,11 +169,18 @@ class FullGrad(BaseCAM):
         return scale_to_unit_range(total) if scale else total
 
 
-def _psi_sum(maps: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+def _psi_sum(maps: torch.Tensor, size: Sequence[int], per_channel: bool = True) -> torch.Tensor:
     """``sum_c s(Up(|maps_c|))`` over the channels of ``B x C x *spatial`` maps: ``B x *size``.
 
     Channels are upsampled a block at a time, so memory stays bounded for wide layers.
+    ``per_channel=False`` normalises each image's channels together (few channels: the
+    input's).
     """
+    if not per_channel:
+        upsampled = torch.stack(
+            [resize_maps(maps[:, c].abs().float(), size) for c in range(maps.shape[1])], dim=1
+        )
+        return scale_to_unit_range(upsampled).sum(dim=1)
     batch, channels = maps.shape[:2]
     block = max(1, _BLOCK_ELEMENTS // (batch * math.prod(size)))
     total = maps.new_zeros((batch, *size), dtype=torch.float32)

@@ -155,7 +155,11 @@ def reference_fullgrad(model: PiecewiseLinearNet, x: torch.Tensor, categories) -
 
     biases = [model.conv1.bias, bn_bias(model.bn1), model.conv2.bias, bn_bias(model.bn2)]
     size = x.shape[2:]
-    total = psi(grads[0] * x, size).sum(dim=1)  # over the input's channels
+    # One psi over all the input's channels (the paper's psi(grad_x f * x)), then their sum:
+    # the input term is at the input's size, so psi is |.| and a min-max over C x H x W.
+    input_term = (grads[0] * x).abs().flatten(1)
+    low, high = input_term.min(dim=1, keepdim=True).values, input_term.max(1, keepdim=True).values
+    total = ((input_term - low) / (high - low)).view_as(x).sum(dim=1)
     for grad, bias in zip(grads[1:], biases):
         total = total + psi(grad * bias.view(1, -1, 1, 1), size).sum(dim=1)
     # fc1 and fc2 have no spatial axes: constant maps, zero after psi.
