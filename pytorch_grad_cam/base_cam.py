@@ -326,29 +326,9 @@ class BaseCAM:
         return [ClassifierOutputTarget(category) for category in scores.detach().argmax(dim=1)]
 
     def _target_scores(self, output: Any, targets: Sequence[Target]) -> torch.Tensor:
-        """Each image's target score, shape ``B`` (a target's values are summed).
-
-        Consecutive rows that share one target object whose ``rowwise`` attribute is true
-        (it maps a block of rows to their per-row results, as the classifier targets do)
-        are scored with one call: perturbation methods score thousands of rows.
-        """
+        """Each image's target score, shape ``B``, with autograd on (see ``target_scores``)."""
         with torch.enable_grad():
-            per_image = per_image_outputs(output, self.output_selector)
-            scores = []
-            start = 0
-            for _, run in itertools.groupby(targets, key=id):
-                count = len(list(run))
-                target = targets[start]
-                if getattr(target, "rowwise", False) and isinstance(per_image, torch.Tensor):
-                    block = target(per_image[start : start + count])
-                    scores.append(block.reshape(count, -1).sum(dim=1).float())
-                else:
-                    scores.extend(
-                        target(per_image[row]).sum().float().reshape(1)
-                        for row in range(start, start + count)
-                    )
-                start += count
-            return torch.cat(scores)
+            return target_scores(output, targets, self.output_selector)
 
     def _layer_transform(
         self, index: int, layer_output: torch.Tensor, image_size: Sequence[int]
@@ -600,6 +580,31 @@ def check_targets(targets: Any, batch_size: int) -> list[Target]:
                 "ClassifierOutputTarget(category) from pytorch_grad_cam.utils.model_targets."
             )
     return targets
+
+
+def target_scores(output: Any, targets: Sequence[Target], selector: OutputSelector) -> torch.Tensor:
+    """Each row's target score, float32, shape ``B`` (a target's values are summed).
+
+    Consecutive rows that share one target object whose ``rowwise`` attribute is true
+    (it maps a block of rows to their per-row results, as the classifier targets do)
+    are scored with one call: perturbation methods and metrics score thousands of rows.
+    """
+    per_image = per_image_outputs(output, selector)
+    scores = []
+    start = 0
+    for _, run in itertools.groupby(targets, key=id):
+        count = len(list(run))
+        target = targets[start]
+        if getattr(target, "rowwise", False) and isinstance(per_image, torch.Tensor):
+            block = torch.as_tensor(target(per_image[start : start + count]))
+            scores.append(block.reshape(count, -1).sum(dim=1).float())
+        else:
+            scores.extend(
+                torch.as_tensor(target(per_image[row])).sum().float().reshape(1)
+                for row in range(start, start + count)
+            )
+        start += count
+    return torch.cat(scores)
 
 
 def per_image_outputs(output: Any, selector: OutputSelector) -> Any:

@@ -3,7 +3,6 @@ the input ``batch_size`` at a time through one reused buffer."""
 
 from __future__ import annotations
 
-import itertools
 import numbers
 from collections.abc import Sequence
 from contextlib import contextmanager
@@ -18,7 +17,7 @@ from pytorch_grad_cam.base_cam import (
     check_targets,
     model_device,
     model_in_eval_mode,
-    per_image_outputs,
+    target_scores,
 )
 from pytorch_grad_cam.utils.model_outputs import OutputSelector, select_output
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputSoftmaxTarget
@@ -152,27 +151,6 @@ def check_noise(value: Any, metric: str) -> float:
 
 
 # --------------------------------------------------------------------- scoring
-def score_rows(output: Any, targets: Sequence[Target], selector: OutputSelector) -> torch.Tensor:
-    """Each row's target score, float32 on the output's device: one call per run of equal
-    targets when the target is ``rowwise``, one call per row otherwise."""
-    per_image = per_image_outputs(output, selector)
-    scores = []
-    start = 0
-    for _, run in itertools.groupby(targets, key=id):
-        count = len(list(run))
-        target = targets[start]
-        if getattr(target, "rowwise", False) and isinstance(per_image, torch.Tensor):
-            block = torch.as_tensor(target(per_image[start : start + count]))
-            scores.append(block.reshape(count, -1).sum(dim=1).float())
-        else:
-            scores.extend(
-                torch.as_tensor(target(per_image[row])).sum().float().reshape(1)
-                for row in range(start, start + count)
-            )
-        start += count
-    return torch.cat(scores)
-
-
 def top_class_targets(output: Any, selector: OutputSelector) -> list[Target]:
     """Each image's highest-scoring class, as its softmax probability. The class stays a
     0-d tensor on the device: no host sync."""
@@ -207,7 +185,7 @@ def original_scores(
             else targets[start : start + chunk.shape[0]]
         )
         resolved.extend(chunk_targets)
-        scores.append(score_rows(output, chunk_targets, selector))
+        scores.append(target_scores(output, chunk_targets, selector))
     return torch.cat(scores), resolved
 
 
@@ -232,7 +210,7 @@ def batched_scores(
         stop = min(start + rows, jobs)
         chunk = buffer[: stop - start]
         fill(chunk, start, stop)
-        scores.append(score_rows(model(chunk), job_targets[start:stop], selector))
+        scores.append(target_scores(model(chunk), job_targets[start:stop], selector))
     return torch.cat(scores)
 
 
