@@ -131,14 +131,14 @@ class BaseCAM:
             # The seeds' era signature was GradCAM(model, target_layer, use_cuda, ...).
             use_cuda, reshape_transform = reshape_transform, None
         if use_cuda is not None:
-            _deprecated(
+            warn_deprecated(
                 "use_cuda= is no longer needed: the CAM runs on the device of the model's "
                 "parameters; move the model with model.to('cuda') instead."
             )
         if target_layer is not None:
             if target_layers is not None:
                 raise TypeError("Pass target_layers=[...] or target_layer=..., not both.")
-            _deprecated("target_layer=module is deprecated; use target_layers=[module].")
+            warn_deprecated("target_layer=module is deprecated; use target_layers=[module].")
             target_layers = [target_layer]
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}.")
@@ -215,12 +215,12 @@ class BaseCAM:
         Returns:
             float32 maps of shape ``B x H x W`` (or ``B x D x H x W``).
         """
-        if _looks_like_categories(targets):
+        if looks_like_categories(targets):
             target_category, targets = targets, None
         if target_category is not None:
             if targets is not None:
                 raise TypeError("Pass targets=[...] or target_category=..., not both.")
-            _deprecated(
+            warn_deprecated(
                 "target_category= is deprecated; pass "
                 "targets=[ClassifierOutputTarget(category), ...], one per image."
             )
@@ -453,8 +453,9 @@ class BaseCAM:
 
 
 # --------------------------------------------------------------------- helpers
-def _deprecated(message: str) -> None:
-    warnings.warn(message, DeprecationWarning, stacklevel=3)
+def warn_deprecated(message: str) -> None:
+    """A ``DeprecationWarning`` at the caller's line: an old spelling that still works."""
+    warn_at_caller(message, DeprecationWarning)
 
 
 def warn_at_caller(message: str, category: type[Warning]) -> None:
@@ -540,7 +541,7 @@ def is_integer(value: Any) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
 
 
-def _looks_like_categories(targets: Any) -> bool:
+def looks_like_categories(targets: Any) -> bool:
     """The seeds' positional ``cam(input, 281)`` / ``cam(input, [281, 3])`` spelling."""
     if is_integer(targets):
         return True

@@ -17,12 +17,12 @@ from pytorch_grad_cam.base_cam import (
     BaseCAM,
     ReshapeTransform,
     Target,
-    _deprecated,
-    _looks_like_categories,
     check_input,
     check_targets,
     is_integer,
+    looks_like_categories,
     model_in_eval_mode,
+    warn_deprecated,
 )
 from pytorch_grad_cam.grad_cam import GradCAM
 from pytorch_grad_cam.utils.model_outputs import OutputSelector, select_output
@@ -132,12 +132,12 @@ class FinerCAM(BaseCAM):
         ``target_idx`` (an int, or one per image) is the main class. The other arguments
         are those of :meth:`BaseCAM.__call__ <pytorch_grad_cam.base_cam.BaseCAM.__call__>`.
         """
-        if _looks_like_categories(targets):
+        if looks_like_categories(targets):
             target_category, targets = targets, None
         if target_category is not None:
             if targets is not None or target_idx is not None:
                 raise TypeError("Pass one of targets=, target_idx= or target_category=.")
-            _deprecated("target_category= is deprecated; pass target_idx=category (or a list).")
+            warn_deprecated("target_category= is deprecated; pass target_idx=category (or a list).")
             target_idx = target_category
         alpha = self.alpha if alpha is None else _check_alpha(alpha)
         ranks = (
