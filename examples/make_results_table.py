@@ -57,33 +57,45 @@ def explain(method: str, category: str, output_dir: Path) -> dict[str, np.ndarra
 def write_picture(image: np.ndarray, name: str) -> str:
     """Save a small JPEG under docs/results and return its path relative to the repo."""
     path = RESULTS_DIR / f"{name}.jpg"
-    cv2.imwrite(str(path), image, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+    if not cv2.imwrite(str(path), image, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY]):
+        raise OSError(f"cannot write {path}")
     return path.relative_to(ROOT).as_posix()
 
 
 def file_label(text: str) -> str:
+    """A class label as written in file names: ``tiger cat`` -> ``tiger_cat``."""
     return text.replace(" ", "_")
 
 
+def compute_pictures() -> dict[tuple[str, str], dict[str, np.ndarray]]:
+    """cam.py's pictures for every (method, class label) of the table."""
+    with tempfile.TemporaryDirectory() as scratch:
+        return {
+            (method, label): explain(method, category, Path(scratch))
+            for method in table_methods()
+            for label, category in CLASSES
+        }
+
+
 def main() -> None:
+    pictures = compute_pictures()  # all of them first: a failed run leaves docs/ as it was
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     for old in RESULTS_DIR.glob("*.jpg"):  # the folder holds exactly the table's pictures
         old.unlink()
     header = "| Method | " + " | ".join(label for label, _ in CLASSES) + " |"
     rows = [header, "|---" * (len(CLASSES) + 1) + "|"]
     guided_cells = []
-    with tempfile.TemporaryDirectory() as scratch:
-        for method in table_methods():
-            cells = []
-            for label, category in CLASSES:
-                images = explain(method, category, Path(scratch))
-                path = write_picture(images["cam"], f"{method}_{file_label(label)}")
-                cells.append(f"![{METHODS[method].__name__}, {label}]({path})")
-                if method == "gradcam":
-                    name = f"guided_gradcam_{file_label(label)}"
-                    guided = write_picture(images["cam_gb"], name)
-                    guided_cells.append(f"![Guided Grad-CAM, {label}]({guided})")
-            rows.append(f"| `{METHODS[method].__name__}` | " + " | ".join(cells) + " |")
+    for method in table_methods():
+        cells = []
+        for label, _ in CLASSES:
+            images = pictures[method, label]
+            path = write_picture(images["cam"], f"{method}_{file_label(label)}")
+            cells.append(f"![{METHODS[method].__name__}, {label}]({path})")
+            if method == "gradcam":
+                name = f"guided_gradcam_{file_label(label)}"
+                guided = write_picture(images["cam_gb"], name)
+                guided_cells.append(f"![Guided Grad-CAM, {label}]({guided})")
+        rows.append(f"| `{METHODS[method].__name__}` | " + " | ".join(cells) + " |")
     rows.append("| Guided Grad-CAM (`gradcam_cam_gb.jpg`) | " + " | ".join(guided_cells) + " |")
     print("\n".join(rows))
 

@@ -72,6 +72,7 @@ METHOD_ALIASES = {"gradcam++": "gradcamplusplus"}
 #: Seconds to wait for a TCP connection to a weights server before calling it unreachable.
 CONNECT_TIMEOUT = 3.0
 TOP_CLASSES = 5
+RANDOM_WEIGHTS_HELP = "untrained weights (seeded): try the pipeline without downloading anything"
 #: A larger image is scaled down to this shorter side for a model that takes any size.
 MAX_SHORT_SIDE = 224
 
@@ -96,8 +97,7 @@ def available_methods() -> dict[str, type]:
         value = getattr(pytorch_grad_cam, name)
         if is_cam_method(value):
             methods[name.lower()] = value
-    if "AttentionRollout" in pytorch_grad_cam.__all__:
-        methods["attentionrollout"] = AttentionRollout
+    methods["attentionrollout"] = AttentionRollout
     for alias, name in METHOD_ALIASES.items():
         if name in methods:
             methods[alias] = methods[name]
@@ -131,6 +131,17 @@ def resolve_method(name: str) -> type:
     return methods[_method_key(name)]
 
 
+def resolve_target_method(name: str) -> type[BaseCAM]:
+    """``resolve_method``, less the attention rollout, which explains no target."""
+    method = resolve_method(name)
+    if method is AttentionRollout:
+        raise CommandLineError(
+            f"--method {name}: not a CAM method that explains a target; use e.g. gradcam, "
+            "gradcam++, hirescam, layercam or eigencam"
+        )
+    return method
+
+
 # --------------------------------------------------------------------------- the parser
 class _OneLineErrorParser(argparse.ArgumentParser):
     """argparse, with usage errors as one line (``prog: error: ...``) and exit status 2."""
@@ -149,19 +160,11 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def build_parser(
-    prog: str = "cam.py",
-    description: str | None = None,
-    default_model: str = DEFAULT_MODEL,
-    model_help: str | None = None,
-) -> argparse.ArgumentParser:
-    """The command line of ``cam.py``; the usage examples pass their own model defaults."""
-    parser = _OneLineErrorParser(
-        prog=prog,
-        description=description or "Explain an image classifier's prediction with a CAM.",
-        epilog="Writes <method>_cam.jpg (the CAM on the image), <method>_gb.jpg (guided "
-        "backpropagation) and <method>_cam_gb.jpg (their product) to --output-dir.",
-    )
+def base_parser(prog: str, description: str, epilog: str) -> argparse.ArgumentParser:
+    """A parser with the flags every command shares (``--image-path``, ``--method``,
+    ``--device``, ``--use-cuda``, ``--eigen-smooth``, ``--output-dir``); usage errors are
+    one line."""
+    parser = _OneLineErrorParser(prog=prog, description=description, epilog=epilog)
     add = parser.add_argument
     add(
         "--image-path",
@@ -175,6 +178,41 @@ def build_parser(
         default="gradcam",
         help=f"one of: {', '.join(METHODS)} (default: gradcam)",
     )
+    add(
+        "--device",
+        default="auto",
+        choices=["auto", "cpu", "cuda", "mps"],
+        help="where to run (default: auto, CUDA if there, else MPS, else CPU)",
+    )
+    add("--use-cuda", action="store_true", help="the older spelling of --device cuda")
+    add(
+        "--eigen-smooth",
+        action="store_true",
+        help="first principal component of the weighted activations",
+    )
+    add(
+        "--output-dir",
+        metavar="DIR",
+        default="outputs",
+        help="where the images go (default: outputs)",
+    )
+    return parser
+
+
+def build_parser(
+    prog: str = "cam.py",
+    description: str | None = None,
+    default_model: str = DEFAULT_MODEL,
+    model_help: str | None = None,
+) -> argparse.ArgumentParser:
+    """The command line of ``cam.py``; the usage examples pass their own model defaults."""
+    parser = base_parser(
+        prog,
+        description or "Explain an image classifier's prediction with a CAM.",
+        epilog="Writes <method>_cam.jpg (the CAM on the image), <method>_gb.jpg (guided "
+        "backpropagation) and <method>_cam_gb.jpg (their product) to --output-dir.",
+    )
+    add = parser.add_argument
     add(
         "--model",
         metavar="NAME",
@@ -191,11 +229,7 @@ def build_parser(
         help="a local checkpoint (a state_dict, or a dict with a 'state_dict' or 'model' "
         "entry) for --model; a different number of classes is read from it",
     )
-    weights.add_argument(
-        "--random-weights",
-        action="store_true",
-        help="untrained weights (seeded): try the pipeline without downloading anything",
-    )
+    weights.add_argument("--random-weights", action="store_true", help=RANDOM_WEIGHTS_HELP)
     add(
         "--target-layer",
         action="append",
@@ -209,31 +243,13 @@ def build_parser(
         help="class to explain: an index or a class name such as 'tiger cat' or an "
         "unambiguous prefix (default: the top class)",
     )
-    add(
-        "--device",
-        default="auto",
-        choices=["auto", "cpu", "cuda", "mps"],
-        help="where to run (default: auto, CUDA if there, else MPS, else CPU)",
-    )
-    add("--use-cuda", action="store_true", help="the older spelling of --device cuda")
     add("--aug-smooth", action="store_true", help="average over test-time augmentations (x6)")
-    add(
-        "--eigen-smooth",
-        action="store_true",
-        help="first principal component of the weighted activations",
-    )
     add(
         "--batch-size",
         metavar="N",
         type=_positive_int,
         default=32,
         help="forward passes at once for the methods that run many (default: 32)",
-    )
-    add(
-        "--output-dir",
-        metavar="DIR",
-        default="outputs",
-        help="where the images go (default: outputs)",
     )
     return parser
 
@@ -539,7 +555,7 @@ def load_timm_model(
         raise CommandLineError(
             'this needs timm: pip install timm (in a checkout: pip install -e ".[examples]")'
         ) from error
-    if name not in timm.list_models():
+    if not timm.is_model(name):  # takes pretrained tags too: deit_tiny_patch16_224.fb_in1k
         close = difflib.get_close_matches(name, timm.list_models(), n=5, cutoff=0.6)
         hint = f"; close matches: {', '.join(close)}" if close else ""
         raise CommandLineError(f"--model {name}: not a timm model{hint}")
@@ -587,6 +603,23 @@ def _hugging_face_hub_reachable() -> bool:
 def _seed_if(random_weights: bool) -> None:
     if random_weights:
         torch.manual_seed(0)  # the same untrained model every run
+
+
+def batch_norm_statistics_from(module: nn.Module, *inputs: torch.Tensor) -> None:
+    """Set the batch-norm running statistics of an untrained ``module`` from ``inputs``
+    (one pass in training mode): untrained statistics (mean 0, variance 1) shrink the
+    features towards 0 layer after layer."""
+    norms = [m for m in module.modules() if isinstance(m, nn.BatchNorm2d)]
+    momenta = [norm.momentum for norm in norms]
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None  # a cumulative average: one pass sets the statistics
+    module.train()
+    with torch.no_grad():
+        module(*inputs)
+    module.eval()
+    for norm, momentum in zip(norms, momenta):
+        norm.momentum = momentum
 
 
 def timm_explainable(
@@ -709,7 +742,7 @@ def explain_and_write(args: argparse.Namespace, explainable: Explainable) -> Exp
     grayscale = compute_map(method, model, layers, reshape, input_tensor, category, args)
     guided = pytorch_grad_cam.GuidedBackpropReLUModel(model)(input_tensor, category)
     images = compose_images(rgb_image, grayscale, guided)
-    paths = write_images(images, Path(args.output_dir), _file_stem(args.method))
+    paths = write_images(images, Path(args.output_dir), file_stem(args.method))
     return Explanation(category, _resized(grayscale, rgb_image.shape[:2]), images, paths)
 
 
@@ -860,12 +893,14 @@ def _resized(image: np.ndarray, size: Sequence[int]) -> np.ndarray:
     return cv2.resize(image, (width, height), interpolation=cv2.INTER_LINEAR)
 
 
-def _file_stem(method: str) -> str:
+def file_stem(method: str) -> str:
+    """The ``--method`` as written in file names: ``Grad-CAM++`` -> ``gradcampp``."""
     return _method_key(method).replace("+", "p")
 
 
 def write_images(images: dict[str, np.ndarray], output_dir: Path, stem: str) -> list[Path]:
-    """``<stem>_cam.jpg``, ``<stem>_gb.jpg`` and ``<stem>_cam_gb.jpg`` in ``output_dir``."""
+    """Each image as ``<stem>_<key>.jpg`` in ``output_dir`` (cam.py's: ``<method>_cam.jpg``,
+    ``<method>_gb.jpg`` and ``<method>_cam_gb.jpg``)."""
     try:
         output_dir.mkdir(parents=True, exist_ok=True)
     except OSError as error:

@@ -6,6 +6,7 @@ entry points in-process (each subprocess costs seconds of imports).
 
 from __future__ import annotations
 
+import importlib.util
 import re
 import subprocess
 import sys
@@ -289,3 +290,36 @@ def test_readme_shows_the_results_table():
     assert "python examples/make_results_table.py" in readme
     total = sum(path.stat().st_size for path in (ROOT / "docs" / "results").iterdir())
     assert total < 1_500_000
+
+
+# ----------------------------------------------------------------------- the examples
+def load_example(name: str):
+    """``usage_examples/<name>.py`` as a module (the folder is no package)."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "usage_examples" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("name", ["detection_example", "segmentation_example"])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--output-dir", "README.md/out"], "--output-dir README.md/out: README.md is not a"),
+        (["--method", "attentionrollout"], "--method attentionrollout: not a CAM method that"),
+        (["--method", "nosuchcam"], "--method nosuchcam: unknown method; choose one of abl"),
+    ],
+)
+def test_detection_and_segmentation_errors_are_one_line(capsys, monkeypatch, name, args, message):
+    monkeypatch.chdir(ROOT)
+    assert load_example(name).main(["--random-weights", *args]) == 2
+    assert error_line(capsys).startswith(f"{name}.py: error: {message}")
+    assert not (ROOT / "README.md" / "out").exists()
+
+
+def test_example_usage_errors_are_one_line(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        load_example("detection_example").main(["--nope"])
+    assert exit_info.value.code == 2
+    line = error_line(capsys)
+    assert line == "detection_example.py: error: unrecognized arguments: --nope (see --help)"

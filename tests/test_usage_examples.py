@@ -76,3 +76,27 @@ def test_example_without_network_stops_at_once(tmp_path, script):
     assert lines[0].startswith(f"{script}: error: --model {EXAMPLES[script]}: no network")
     assert "--weights PATH" in lines[0] and "--random-weights" in lines[0]
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    "script, architecture",
+    [("vit_example.py", "not a ViT / DeiT"), ("swinT_example.py", "not a Swin")],
+)
+def test_example_with_another_architecture_is_one_line(tmp_path, script, architecture):
+    result = run_example(
+        script, "--random-weights", "--model", "resnet18", "--output-dir", str(tmp_path / "out")
+    )
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith(f"{script}: error: --model resnet18: {architecture} (it lacks ")
+    assert not (tmp_path / "out").exists()
+
+
+def test_timm_names_with_a_pretrained_tag_are_models():
+    from pytorch_grad_cam.cli import CommandLineError, load_timm_model
+
+    model = load_timm_model("deit_tiny_patch16_224.fb_in1k", random_weights=True)
+    assert type(model).__name__ == "VisionTransformer"
+    with pytest.raises(CommandLineError, match="--model deit_tiny: not a timm model"):
+        load_timm_model("deit_tiny", random_weights=True)

@@ -38,7 +38,6 @@ EigenCAM's (class-agnostic) and the picture has no boxes.
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -53,16 +52,20 @@ from torchvision.models.detection import (
     fasterrcnn_mobilenet_v3_large_320_fpn,
 )
 
-import pytorch_grad_cam
-from pytorch_grad_cam import AblationCAM, BaseCAM, EigenCAM
+from pytorch_grad_cam import AblationCAM, EigenCAM
 from pytorch_grad_cam.cli import (
-    EXAMPLE_IMAGE,
+    RANDOM_WEIGHTS_HELP,
     CommandLineError,
+    base_parser,
+    batch_norm_statistics_from,
+    check_output_dir,
+    file_stem,
     pick_device,
     reachable,
     read_image,
-    resolve_method,
+    resolve_target_method,
     run_command,
+    write_images,
 )
 from pytorch_grad_cam.utils.image import show_cam_on_image
 from pytorch_grad_cam.utils.model_targets import FasterRCNNBoxScoreTarget
@@ -74,30 +77,22 @@ DEFAULT_SCORE_THRESHOLD = 0.5
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="detection_example.py",
-        description="Explain a torchvision Faster R-CNN's detections with a CAM.",
+    """cam.py's shared flags, ``--random-weights`` and ``--score-threshold``."""
+    parser = base_parser(
+        "detection_example.py",
+        "Explain a torchvision Faster R-CNN's detections with a CAM.",
         epilog="Writes detection_<method>.jpg (the map on the image, with the explained "
         "boxes) to --output-dir.",
     )
     add = parser.add_argument
-    add("--image-path", default=str(EXAMPLE_IMAGE), help="image to explain")
-    add("--method", default="gradcam", help="a CAM method, e.g. gradcam or eigencam")
-    add(
-        "--random-weights",
-        action="store_true",
-        help="untrained weights (seeded): try the pipeline without downloading anything",
-    )
+    add("--random-weights", action="store_true", help=RANDOM_WEIGHTS_HELP)
     add(
         "--score-threshold",
+        metavar="SCORE",
         type=float,
         default=DEFAULT_SCORE_THRESHOLD,
         help=f"explain the detections scoring at least this (default: {DEFAULT_SCORE_THRESHOLD})",
     )
-    add("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
-    add("--use-cuda", action="store_true", help="the older spelling of --device cuda")
-    add("--eigen-smooth", action="store_true", help="first principal component")
-    add("--output-dir", default="outputs", help="where the image goes (default: outputs)")
     return parser
 
 
@@ -115,21 +110,6 @@ def load_detector(random_weights: bool) -> nn.Module:
             "or pass --random-weights to run the pipeline untrained"
         )
     return fasterrcnn_mobilenet_v3_large_320_fpn(weights=WEIGHTS).eval()
-
-
-def batch_norm_statistics_from(module: nn.Module, *inputs: torch.Tensor) -> None:
-    """Set the batch-norm running statistics of an untrained ``module`` from ``inputs``."""
-    norms = [m for m in module.modules() if isinstance(m, nn.BatchNorm2d)]
-    momenta = [norm.momentum for norm in norms]
-    for norm in norms:
-        norm.reset_running_stats()
-        norm.momentum = None  # a cumulative average: one pass sets the statistics
-    module.train()
-    with torch.no_grad():
-        module(*inputs)
-    module.eval()
-    for norm, momentum in zip(norms, momenta):
-        norm.momentum = momentum
 
 
 def detections_to_explain(
@@ -165,28 +145,12 @@ def draw_boxes(
     return image
 
 
-def cam_method(name: str) -> type[BaseCAM]:
-    """The CAM class for ``--method``: one that maps an image and its target to a map."""
-    method = resolve_method(name)
-    factorization = getattr(pytorch_grad_cam, "DeepFeatureFactorization", None)
-    if not issubclass(method, BaseCAM) or method is factorization:
-        raise CommandLineError(
-            f"--method {name}: not a CAM method that explains a target; use e.g. gradcam, "
-            "gradcam++, hirescam, layercam or eigencam"
-        )
-    return method
-
-
-def file_stem(method: str) -> str:
-    """``Grad-CAM++`` -> ``gradcampp``."""
-    return re.sub(r"[^a-z0-9]", "", method.lower().replace("+", "p"))
-
-
 def run(args: argparse.Namespace) -> Path:
     """Detect, explain the detections with ``--method`` and write the picture."""
-    method = cam_method(args.method)
+    method = resolve_target_method(args.method)
     device = pick_device(args.device, args.use_cuda)
     rgb = read_image(args.image_path)
+    check_output_dir(Path(args.output_dir))
     model = load_detector(args.random_weights).to(device)
     # The detector normalises and resizes by itself: the input is the image in [0, 1].
     input_tensor = torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1)))[None]
@@ -223,13 +187,8 @@ def run(args: argparse.Namespace) -> Path:
 
     overlay = show_cam_on_image(rgb, grayscale, use_rgb=True)
     picture = draw_boxes(cv2.cvtColor(overlay, cv2.COLOR_RGB2BGR), boxes, labels, scores)
-    output_dir = Path(args.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    path = output_dir / f"detection_{file_stem(args.method)}.jpg"
-    if not cv2.imwrite(str(path), picture):
-        raise CommandLineError(f"--output-dir {output_dir}: cannot write {path.name}")
-    print(f"wrote {path}")
-    return path
+    pictures = {file_stem(args.method): picture}
+    return write_images(pictures, Path(args.output_dir), "detection")[0]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

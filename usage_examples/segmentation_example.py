@@ -24,7 +24,6 @@ pass in training mode). If the chosen class labels no pixel, the whole image is 
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -39,19 +38,22 @@ from torchvision.models.segmentation import (
     deeplabv3_mobilenet_v3_large,
 )
 
-import pytorch_grad_cam
-from pytorch_grad_cam import BaseCAM
 from pytorch_grad_cam.cli import (
-    EXAMPLE_IMAGE,
     IMAGENET_MEAN,
     IMAGENET_STD,
+    RANDOM_WEIGHTS_HELP,
     CommandLineError,
+    base_parser,
+    batch_norm_statistics_from,
+    check_output_dir,
+    file_stem,
     pick_device,
     reachable,
     read_image,
     resolve_category,
-    resolve_method,
+    resolve_target_method,
     run_command,
+    write_images,
 )
 from pytorch_grad_cam.utils.image import show_cam_on_image
 from pytorch_grad_cam.utils.model_targets import SemanticSegmentationTarget
@@ -62,30 +64,21 @@ BACKGROUND = 0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="segmentation_example.py",
-        description="Explain a torchvision semantic segmentation network with a CAM.",
+    """cam.py's shared flags, ``--random-weights`` and ``--category``."""
+    parser = base_parser(
+        "segmentation_example.py",
+        "Explain a torchvision semantic segmentation network with a CAM.",
         epilog="Writes segmentation_<method>.jpg (the map on the image, the class's region "
         "outlined) to --output-dir.",
     )
     add = parser.add_argument
-    add("--image-path", default=str(EXAMPLE_IMAGE), help="image to explain")
-    add("--method", default="gradcam", help="a CAM method, e.g. gradcam or hirescam")
-    add(
-        "--random-weights",
-        action="store_true",
-        help="untrained weights (seeded): try the pipeline without downloading anything",
-    )
+    add("--random-weights", action="store_true", help=RANDOM_WEIGHTS_HELP)
     add(
         "--category",
         metavar="INDEX|NAME",
         help=f"class to explain, one of {', '.join(CATEGORIES)} (default: the class, other "
         "than the background, that covers most pixels)",
     )
-    add("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
-    add("--use-cuda", action="store_true", help="the older spelling of --device cuda")
-    add("--eigen-smooth", action="store_true", help="first principal component")
-    add("--output-dir", default="outputs", help="where the image goes (default: outputs)")
     return parser
 
 
@@ -103,21 +96,6 @@ def load_segmenter(random_weights: bool) -> nn.Module:
             "or pass --random-weights to run the pipeline untrained"
         )
     return deeplabv3_mobilenet_v3_large(weights=WEIGHTS).eval()
-
-
-def batch_norm_statistics_from(module: nn.Module, *inputs: torch.Tensor) -> None:
-    """Set the batch-norm running statistics of an untrained ``module`` from ``inputs``."""
-    norms = [m for m in module.modules() if isinstance(m, nn.BatchNorm2d)]
-    momenta = [norm.momentum for norm in norms]
-    for norm in norms:
-        norm.reset_running_stats()
-        norm.momentum = None  # a cumulative average: one pass sets the statistics
-    module.train()
-    with torch.no_grad():
-        module(*inputs)
-    module.eval()
-    for norm, momentum in zip(norms, momenta):
-        norm.momentum = momentum
 
 
 def pick_category(prediction: torch.Tensor, requested: str | None) -> int:
@@ -139,28 +117,12 @@ def resolve_name(requested: str | None) -> int | None:
         raise CommandLineError(str(error).replace("--target-category", "--category")) from None
 
 
-def cam_method(name: str) -> type[BaseCAM]:
-    """The CAM class for ``--method``: one that maps an image and its target to a map."""
-    method = resolve_method(name)
-    factorization = getattr(pytorch_grad_cam, "DeepFeatureFactorization", None)
-    if not issubclass(method, BaseCAM) or method is factorization:
-        raise CommandLineError(
-            f"--method {name}: not a CAM method that explains a target; use e.g. gradcam, "
-            "gradcam++, hirescam, layercam or eigencam"
-        )
-    return method
-
-
-def file_stem(method: str) -> str:
-    """``Grad-CAM++`` -> ``gradcampp``."""
-    return re.sub(r"[^a-z0-9]", "", method.lower().replace("+", "p"))
-
-
 def run(args: argparse.Namespace) -> Path:
     """Segment, explain one class's region with ``--method`` and write the picture."""
-    method = cam_method(args.method)
+    method = resolve_target_method(args.method)
     device = pick_device(args.device, args.use_cuda)
     rgb = read_image(args.image_path)
+    check_output_dir(Path(args.output_dir))
     resolve_name(args.category)  # fail before loading the model
     model = load_segmenter(args.random_weights).to(device)
     normalised = (rgb - np.float32(IMAGENET_MEAN)) / np.float32(IMAGENET_STD)
@@ -193,13 +155,8 @@ def run(args: argparse.Namespace) -> Path:
     region = mask.to(torch.uint8).cpu().numpy()
     contours, _ = cv2.findContours(region, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
     cv2.drawContours(overlay, contours, -1, (255, 255, 255), 1)
-    output_dir = Path(args.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    path = output_dir / f"segmentation_{file_stem(args.method)}.jpg"
-    if not cv2.imwrite(str(path), overlay):
-        raise CommandLineError(f"--output-dir {output_dir}: cannot write {path.name}")
-    print(f"wrote {path}")
-    return path
+    pictures = {file_stem(args.method): overlay}
+    return write_images(pictures, Path(args.output_dir), "segmentation")[0]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -22,6 +22,7 @@ import sys
 from collections.abc import Sequence
 
 from pytorch_grad_cam.cli import (
+    CommandLineError,
     build_parser,
     check_arguments,
     explain_and_write,
@@ -38,7 +39,13 @@ def run(args: argparse.Namespace) -> None:
     """Load the Swin, pick its target layer and reshape, explain and write the pictures."""
     check_arguments(args)
     model = load_timm_model(args.model, args.weights, args.random_weights)
-    target_layers = [model.layers[-1].blocks[-1].norm1]
+    try:
+        target_layers = [model.layers[-1].blocks[-1].norm1]
+    except (AttributeError, IndexError, TypeError) as error:
+        raise CommandLineError(
+            f"--model {args.model}: not a Swin (it lacks layers[-1].blocks[-1].norm1); "
+            "pass a timm Swin name"
+        ) from error
     weights = "untrained" if args.random_weights else args.weights or "pretrained"
     explainable = timm_explainable(
         model, target_layers, swinT_reshape_transform, description=f"timm {args.model} ({weights})"

@@ -23,6 +23,7 @@ import sys
 from collections.abc import Sequence
 
 from pytorch_grad_cam.cli import (
+    CommandLineError,
     build_parser,
     check_arguments,
     explain_and_write,
@@ -39,8 +40,14 @@ def run(args: argparse.Namespace) -> None:
     """Load the ViT, pick its target layer and reshape, explain and write the pictures."""
     check_arguments(args)
     model = load_timm_model(args.model, args.weights, args.random_weights)
-    target_layers = [model.blocks[-1].norm1]
-    height, width = model.patch_embed.grid_size  # 14 x 14 patches of 16 px for 224 px
+    try:
+        target_layers = [model.blocks[-1].norm1]
+        height, width = model.patch_embed.grid_size  # 14 x 14 patches of 16 px for 224 px
+    except (AttributeError, IndexError, TypeError, ValueError) as error:
+        raise CommandLineError(
+            f"--model {args.model}: not a ViT / DeiT (it lacks blocks[-1].norm1 or "
+            "patch_embed.grid_size); pass a timm ViT or DeiT name"
+        ) from error
     reshape_transform = functools.partial(vit_reshape_transform, height=height, width=width)
     weights = "untrained" if args.random_weights else args.weights or "pretrained"
     explainable = timm_explainable(
