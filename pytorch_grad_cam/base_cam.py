@@ -266,10 +266,16 @@ class BaseCAM:
             activations = self._reshape(index, layer_output, transform)
             _check_spatial_rank(index, activations, size)
             gradient = None if gradient is None else self._reshape(index, gradient, transform)
-            layer_map = self._layer_map(activations, gradient, eigen_smooth, context)
-            layer_map = resize_maps(layer_map, size)
-            layer_maps.append(scale_to_unit_range(layer_map) if scale else layer_map)
-        return torch.stack(layer_maps).mean(dim=0)
+            layer_maps.append(self._layer_map(activations, gradient, eigen_smooth, context))
+        return self._combine_layer_maps(layer_maps, size, scale)
+
+    def _combine_layer_maps(
+        self, layer_maps: list[torch.Tensor], size: Sequence[int], scale: bool
+    ) -> torch.Tensor:
+        """The layers' maps (each at its layer's resolution) as one ``B x *size`` map: each
+        resized to the input's size, scaled to [0, 1] (``scale``), then averaged."""
+        resized = [resize_maps(layer_map, size) for layer_map in layer_maps]
+        return torch.stack([scale_to_unit_range(m) if scale else m for m in resized]).mean(dim=0)
 
     def _layer_map(
         self,
@@ -304,11 +310,16 @@ class BaseCAM:
             self.outputs = detached_output(output)
         layer_outputs = check_reached(recorder.outputs, self.target_layers)
         if self.uses_gradients:
-            gradients = layer_gradients(scores, layer_outputs)
+            gradients = self._gradients(scores, layer_outputs)
         else:
             gradients = [None] * len(layer_outputs)
         detached = [map_tensors(torch.Tensor.detach, output) for output in layer_outputs]
         return detached, gradients, targets, None if scores is None else scores.detach()
+
+    def _gradients(self, scores: torch.Tensor, layer_outputs: list[Any]) -> list[Any]:
+        """What the method weights with, per layer: d(score)/d(layer output) here;
+        ShapleyCAM adds a second-order term."""
+        return layer_gradients(scores, layer_outputs)
 
     def _run_model(self, input_tensor: torch.Tensor) -> Any:
         """The model's forward pass; a method that needs more from it overrides this."""

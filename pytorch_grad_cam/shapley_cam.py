@@ -8,13 +8,10 @@ from typing import Any
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from pytorch_grad_cam.activations_and_gradients import LayerRecorder
 from pytorch_grad_cam.base_cam import (
     BaseCAM,
     LayerContext,
     Target,
-    check_reached,
-    detached_output,
 )
 from pytorch_grad_cam.utils.maps import spatial_axes
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputReST
@@ -60,20 +57,9 @@ class ShapleyCAM(BaseCAM):
     def _top_classes(self, output: Any) -> list[Target]:
         return [ClassifierOutputReST(target.category) for target in super()._top_classes(output)]
 
-    def _forward(
-        self, input_tensor: torch.Tensor, targets: Sequence[Target] | None
-    ) -> tuple[list[torch.Tensor], list[torch.Tensor | None], list[Target] | None, Any]:
-        """BaseCAM's forward pass, with ``g - 1/2 H A`` in place of each layer's gradient."""
-        with LayerRecorder(self.target_layers, track_gradients=True) as recorder:
-            with torch.no_grad():
-                output = self._run_model(input_tensor)
-                targets = targets if targets is not None else self._top_classes(output)
-                scores = self._target_scores(output, targets)
-            self.outputs = detached_output(output)
-        activations = check_reached(recorder.outputs, self.target_layers)
-        gradients = shapley_gradients(scores, activations)
-        detached = [activation.detach() for activation in activations]
-        return detached, gradients, targets, scores.detach()
+    def _gradients(self, scores: torch.Tensor, layer_outputs: list[Any]) -> list[Any]:
+        """``g - 1/2 H A`` in place of each layer's gradient ``g``."""
+        return shapley_gradients(scores, layer_outputs)
 
 
 def shapley_gradients(
