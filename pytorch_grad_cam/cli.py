@@ -848,11 +848,13 @@ def compute_map(
 
 def _checked(args: argparse.Namespace, compute: Callable[[], Any]) -> Any:
     """``compute()``, a ``ValueError`` from the method (it does not fit the model or
-    layer) turned into a ``CommandLineError``."""
+    layer) turned into a ``CommandLineError`` that names the flag at fault."""
     try:
         return compute()
     except ValueError as error:
-        raise CommandLineError(f"--method {args.method}: {error}".rstrip(".")) from error
+        about_a_layer = str(error).startswith("target_layers[")
+        flag = "--target-layer" if about_a_layer else f"--method {args.method}"
+        raise CommandLineError(f"{flag}: {error}".rstrip(".")) from error
 
 
 def attention_rollout(model: nn.Module, args: argparse.Namespace) -> AttentionRollout:

@@ -130,6 +130,7 @@ def no_accelerators(monkeypatch):
         (["--model", "resnet5"], "--model resnet5: unknown model; choose efficientnet_lite0"),
         (["--target-layer", "_blocks.99"], "has no submodule '99' (it has 16 entries"),
         (["--target-layer", "layer4"], "the model has no submodule 'layer4' (it has _conv_stem"),
+        (["--target-layer", "_fc"], "--target-layer: target_layers[0] (Linear) outputs a tens"),
         (["--target-category", "1000"], "--target-category 1000: out of range 0..999"),
         (["--target-category", "-1"], "--target-category -1: out of range 0..999"),
         (["--target-category", "expresso"], "no class of that name; close matches: 967 espresso"),
