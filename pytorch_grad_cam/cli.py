@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import copy
 import difflib
+import functools
 import inspect
 import os
 import re
@@ -533,13 +534,26 @@ def load_torchvision_model(
         _seed_if(random_weights)
         model = models.get_model(name, weights=None)
         return (load_weights(model, weights) if weights else model).eval()
-    default = models.get_model_weights(name).DEFAULT
-    cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(default.url).path).name
-    message = _no_weights_message(name, f"put {default.url} at {cached}", OFFLINE_DEFAULT)
-    if not cached.is_file() and not reachable(default.url):
+    return with_pretrained_weights(
+        functools.partial(models.get_model, name),
+        models.get_model_weights(name).DEFAULT,
+        lambda where: _no_weights_message(name, where, OFFLINE_DEFAULT),
+    )
+
+
+def with_pretrained_weights(
+    build: Callable[..., nn.Module], weights: Any, unavailable: Callable[[str], str]
+) -> nn.Module:
+    """``build(weights=weights)`` in eval mode, the torchvision ``weights`` taken from the
+    torch hub cache, or downloaded when their server is reachable (a 3-second check, not a
+    downloader's retries). Otherwise a ``CommandLineError`` with ``unavailable(where)``,
+    ``where`` saying where to put the file."""
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(weights.url).path).name
+    message = unavailable(f"put {weights.url} at {cached}")
+    if not cached.is_file() and not reachable(weights.url):
         raise CommandLineError(message)
     try:
-        return models.get_model(name, weights=default).eval()
+        return build(weights=weights).eval()
     except (urllib.error.URLError, OSError) as error:
         raise CommandLineError(message) from error
 

@@ -41,7 +41,6 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from urllib.parse import urlparse
 
 import cv2
 import numpy as np
@@ -61,10 +60,10 @@ from pytorch_grad_cam.cli import (
     check_output_dir,
     file_stem,
     pick_device,
-    reachable,
     read_image,
     resolve_target_method,
     run_command,
+    with_pretrained_weights,
     write_images,
 )
 from pytorch_grad_cam.utils.image import show_cam_on_image
@@ -103,13 +102,14 @@ def load_detector(random_weights: bool) -> nn.Module:
         return fasterrcnn_mobilenet_v3_large_320_fpn(
             weights=None, weights_backbone=None, box_score_thresh=0.0
         ).eval()
-    cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(WEIGHTS.url).path).name
-    if not cached.is_file() and not reachable(WEIGHTS.url):
-        raise CommandLineError(
-            f"no network to download the detector's weights: put {WEIGHTS.url} at {cached}, "
-            "or pass --random-weights to run the pipeline untrained"
-        )
-    return fasterrcnn_mobilenet_v3_large_320_fpn(weights=WEIGHTS).eval()
+    return with_pretrained_weights(
+        fasterrcnn_mobilenet_v3_large_320_fpn,
+        WEIGHTS,
+        lambda where: (
+            f"no network to download the detector's weights: {where}, or pass "
+            "--random-weights to run the pipeline untrained"
+        ),
+    )
 
 
 def detections_to_explain(

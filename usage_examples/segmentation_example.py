@@ -27,7 +27,6 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from urllib.parse import urlparse
 
 import cv2
 import numpy as np
@@ -48,11 +47,11 @@ from pytorch_grad_cam.cli import (
     check_output_dir,
     file_stem,
     pick_device,
-    reachable,
     read_image,
     resolve_category,
     resolve_target_method,
     run_command,
+    with_pretrained_weights,
     write_images,
 )
 from pytorch_grad_cam.utils.image import show_cam_on_image
@@ -89,13 +88,14 @@ def load_segmenter(random_weights: bool) -> nn.Module:
         return deeplabv3_mobilenet_v3_large(
             weights=None, weights_backbone=None, num_classes=len(CATEGORIES)
         ).eval()
-    cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(WEIGHTS.url).path).name
-    if not cached.is_file() and not reachable(WEIGHTS.url):
-        raise CommandLineError(
-            f"no network to download the network's weights: put {WEIGHTS.url} at {cached}, "
-            "or pass --random-weights to run the pipeline untrained"
-        )
-    return deeplabv3_mobilenet_v3_large(weights=WEIGHTS).eval()
+    return with_pretrained_weights(
+        deeplabv3_mobilenet_v3_large,
+        WEIGHTS,
+        lambda where: (
+            f"no network to download the network's weights: {where}, or pass "
+            "--random-weights to run the pipeline untrained"
+        ),
+    )
 
 
 def pick_category(prediction: torch.Tensor, requested: str | None) -> int:
