@@ -916,19 +916,27 @@ def file_stem(method: str) -> str:
 
 def write_images(images: dict[str, np.ndarray], output_dir: Path, stem: str) -> list[Path]:
     """Each image as ``<stem>_<key>.jpg`` in ``output_dir`` (cam.py's: ``<method>_cam.jpg``,
-    ``<method>_gb.jpg`` and ``<method>_cam_gb.jpg``)."""
+    ``<method>_gb.jpg`` and ``<method>_cam_gb.jpg``): all of them, or none (the images
+    are encoded first, and files already written are removed if a later write fails)."""
+    encoded = {}
+    for suffix, image in images.items():
+        ok, data = cv2.imencode(".jpg", image)
+        if not ok:
+            raise CommandLineError(f"cannot encode the {suffix} image as JPEG")
+        encoded[output_dir / f"{stem}_{suffix}.jpg"] = data.tobytes()
+    written: list[Path] = []
     try:
         output_dir.mkdir(parents=True, exist_ok=True)
+        for path, data in encoded.items():
+            path.write_bytes(data)
+            written.append(path)
     except OSError as error:
+        for path in written:
+            path.unlink(missing_ok=True)
         raise CommandLineError(f"--output-dir {output_dir}: {error.strerror}") from error
-    paths = []
-    for suffix, image in images.items():
-        path = output_dir / f"{stem}_{suffix}.jpg"
-        if not cv2.imwrite(str(path), image):
-            raise CommandLineError(f"--output-dir {output_dir}: cannot write {path.name}")
+    for path in written:
         print(f"wrote {path}")
-        paths.append(path)
-    return paths
+    return written
 
 
 # --------------------------------------------------------------------------- entry points

@@ -324,3 +324,24 @@ def test_example_usage_errors_are_one_line(capsys):
     assert exit_info.value.code == 2
     line = error_line(capsys)
     assert line == "detection_example.py: error: unrecognized arguments: --nope (see --help)"
+
+
+def test_images_are_written_all_or_none(tmp_path, monkeypatch, capsys):
+    images = {"cam": np.full((4, 6, 3), 200, np.uint8), "gb": np.zeros((4, 6, 3), np.uint8)}
+    written = cli.write_images(images, tmp_path / "out", "gradcam")
+    assert [path.name for path in written] == ["gradcam_cam.jpg", "gradcam_gb.jpg"]
+    assert cv2.imread(str(written[0]))[0, 0].tolist() == [200, 200, 200]
+    calls = []
+    write_bytes = Path.write_bytes
+
+    def fail_second(self, data):
+        calls.append(self.name)
+        if len(calls) == 2:
+            raise OSError(28, "No space left on device")
+        return write_bytes(self, data)
+
+    monkeypatch.setattr(Path, "write_bytes", fail_second)
+    with pytest.raises(cli.CommandLineError, match="No space left on device"):
+        cli.write_images(images, tmp_path / "again", "gradcam")
+    assert calls == ["gradcam_cam.jpg", "gradcam_gb.jpg"]
+    assert list((tmp_path / "again").iterdir()) == []  # the first file was removed
