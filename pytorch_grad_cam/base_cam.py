@@ -196,7 +196,8 @@ class BaseCAM:
         as_tensor: bool = False,
         target_category: Any = None,
     ) -> np.ndarray | torch.Tensor:
-        """One map per image of ``input_tensor`` (``B x C x H x W`` or ``B x C x D x H x W``).
+        """One map per image of ``input_tensor`` (``B x C x H x W``, ``B x C x D x H x W`` for
+        volumes, or ``B x C x L`` for signals).
 
         Args:
             targets: one callable per image mapping that image's model output to the
@@ -213,7 +214,7 @@ class BaseCAM:
                 per image. Use ``targets=[ClassifierOutputTarget(c), ...]``.
 
         Returns:
-            float32 maps of shape ``B x H x W`` (or ``B x D x H x W``).
+            float32 maps of shape ``B x H x W`` (``B x D x H x W``, ``B x L``).
         """
         if looks_like_categories(targets):
             target_category, targets = targets, None
@@ -232,6 +233,11 @@ class BaseCAM:
         if targets is not None:
             targets = check_targets(targets, batch_size)
 
+        if aug_smooth and input_tensor.ndim == 3:
+            raise ValueError(
+                "aug_smooth=True flips and rescales images with ttach; a B x C x L signal has "
+                "no such augmentations here. Call without aug_smooth."
+            )
         with model_in_eval_mode(self.model):
             if aug_smooth:
                 maps = self._augmented_maps(input_tensor, targets, eigen_smooth, scale)
@@ -263,9 +269,9 @@ class BaseCAM:
                 layer_output=layer_output,
                 reshape_transform=transform,
             )
-            activations = self._reshape(index, layer_output, transform)
-            _check_spatial_rank(index, activations, size)
-            gradient = None if gradient is None else self._reshape(index, gradient, transform)
+            activations = self._reshape(index, layer_output, transform, len(size))
+            if gradient is not None:
+                gradient = self._reshape(index, gradient, transform, len(size))
             layer_maps.append(self._layer_map(activations, gradient, eigen_smooth, context))
         return self._combine_layer_maps(layer_maps, size, scale)
 
@@ -398,27 +404,34 @@ class BaseCAM:
         )
 
     def _reshape(
-        self, index: int, tensor: torch.Tensor, transform: ReshapeTransform | None
+        self,
+        index: int,
+        tensor: torch.Tensor,
+        transform: ReshapeTransform | None,
+        spatial_rank: int,
     ) -> torch.Tensor:
+        """A layer's output (or gradient) as ``B x C x *spatial``, with as many spatial axes
+        as the input (``spatial_rank``: 2 for images, 3 for volumes, 1 for signals)."""
         original_shape = _shape_of(tensor)
         if transform is not None:
             tensor = transform(tensor)
-        if not isinstance(tensor, torch.Tensor) or tensor.ndim not in (4, 5):
-            layer = type(self.target_layers[index]).__name__
-            if transform is None:
-                raise ValueError(
-                    f"target_layers[{index}] ({layer}) outputs a tensor of shape "
-                    f"{original_shape}, but CAM methods need B x C x H x W (or "
-                    "B x C x D x H x W) activations. Pick a layer before the pooling, or "
-                    "pass a reshape_transform that returns that layout (see "
-                    "pytorch_grad_cam.utils.reshape_transforms)."
-                )
+        if isinstance(tensor, torch.Tensor) and tensor.ndim == 2 + spatial_rank:
+            return tensor.float()  # _forward already detached the outputs
+        layer = type(self.target_layers[index]).__name__
+        wanted = {1: "B x C x L", 2: "B x C x H x W", 3: "B x C x D x H x W"}[spatial_rank]
+        if transform is None:
             raise ValueError(
-                f"reshape_transform turned the output of target_layers[{index}] ({layer}), "
-                f"of shape {original_shape}, into {_shape_of(tensor)}; it must "
-                "return B x C x H x W or B x C x D x H x W."
+                f"target_layers[{index}] ({layer}) outputs a tensor of shape "
+                f"{original_shape}, but for this input CAM methods need {wanted} "
+                "activations, with as many spatial axes as the input. Pick a layer before "
+                "the pooling, or pass a reshape_transform that returns that layout (see "
+                "pytorch_grad_cam.utils.reshape_transforms)."
             )
-        return tensor.float()  # _forward already detached the outputs; gradients have no graph
+        raise ValueError(
+            f"reshape_transform turned the output of target_layers[{index}] ({layer}), "
+            f"of shape {original_shape}, into {_shape_of(tensor)}; for this input it must "
+            f"return {wanted}, with as many spatial axes as the input."
+        )
 
     def _augmented_maps(
         self,
@@ -516,10 +529,17 @@ def check_input(input_tensor: Any, model: nn.Module) -> torch.Tensor:
             f"input_tensor must be a float tensor, got dtype {input_tensor.dtype}; convert it "
             "with input_tensor.float()."
         )
-    if input_tensor.ndim not in (4, 5):
+    if input_tensor.ndim not in (3, 4, 5):
         raise ValueError(
-            f"input_tensor must have shape B x C x H x W (or B x C x D x H x W), got shape "
-            f"{tuple(input_tensor.shape)}; add the batch axis with input_tensor.unsqueeze(0)."
+            f"input_tensor must have shape B x C x H x W (or B x C x D x H x W for volumes, "
+            f"B x C x L for signals), got shape {tuple(input_tensor.shape)}; add the batch "
+            "axis with input_tensor.unsqueeze(0)."
+        )
+    if input_tensor.ndim == 3 and _first_convolution_rank(model) == 2:
+        raise ValueError(
+            f"input_tensor has shape {tuple(input_tensor.shape)}, B x C x L like a signal, but "
+            "the model's first convolution is 2-D: for one image, add the batch axis with "
+            "input_tensor.unsqueeze(0)."
         )
     if torch.is_inference_mode_enabled():
         raise RuntimeError(
@@ -534,6 +554,15 @@ def check_input(input_tensor: Any, model: nn.Module) -> torch.Tensor:
     if input_tensor.is_inference():
         input_tensor = input_tensor.clone()
     return input_tensor
+
+
+def _first_convolution_rank(model: nn.Module) -> int | None:
+    """1, 2 or 3 for the model's first ``nn.Conv1d`` / ``2d`` / ``3d``; ``None`` without."""
+    for module in model.modules():
+        for convolution, rank in ((nn.Conv1d, 1), (nn.Conv2d, 2), (nn.Conv3d, 3)):
+            if isinstance(module, convolution):
+                return rank
+    return None
 
 
 def model_device(model: nn.Module) -> torch.device | None:
@@ -678,15 +707,6 @@ def _takes_image_size(function: Callable) -> bool:
         return "image_size" in inspect.signature(function).parameters
     except (TypeError, ValueError):  # a builtin without a signature
         return False
-
-
-def _check_spatial_rank(index: int, activations: torch.Tensor, size: Sequence[int]) -> None:
-    if activations.ndim - 2 != len(size):
-        raise ValueError(
-            f"target_layers[{index}] gives {activations.ndim - 2}-D maps but the input has "
-            f"{len(size)} spatial axes; pick a layer, or a reshape_transform, whose "
-            "activations have as many spatial axes as the input."
-        )
 
 
 def detached_output(output: Any) -> Any:

@@ -133,7 +133,7 @@ class DeepFeatureFactorization(BaseCAM):
         with model_in_eval_mode(self.model):
             (layer_output,), _, _, _ = self._forward(input_tensor, None)
             transform = self._layer_transform(0, layer_output, size)
-            activations = self._reshape(0, layer_output, transform)
+            activations = self._reshape(0, layer_output, transform, len(size))
             batch, channels = activations.shape[:2]
             spatial = activations.shape[2:]
             matrix = activations.movedim(1, -1).reshape(-1, channels)

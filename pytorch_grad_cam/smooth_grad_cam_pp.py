@@ -144,7 +144,10 @@ class SmoothGradCAMpp(GradCAMPlusPlus):
             for slot, image in enumerate(image_of_row):
                 draw(out=noisy[slot]).mul_(sigma[image]).add_(input_tensor[image])
             gradients = self._gradients_at_layers(noisy, [targets[i] for i in image_of_row])
-            gradients = [self._reshape(i, g, transforms[i]) for i, g in enumerate(gradients)]
+            gradients = [
+                self._reshape(i, g, transforms[i], input_tensor.ndim - 2)
+                for i, g in enumerate(gradients)
+            ]
             if moments is None:  # per layer: sums of g, g^2, g^3 for each image
                 moments = [
                     [g.new_zeros((images, *g.shape[1:])) for _ in range(3)] for g in gradients

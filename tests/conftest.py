@@ -16,8 +16,8 @@ class GapLinearNet(nn.Module):
 
     def __init__(self, in_channels: int = 3, channels: int = 8, classes: int = 5, dims: int = 2):
         super().__init__()
-        conv = nn.Conv2d if dims == 2 else nn.Conv3d
-        pool = nn.AdaptiveAvgPool2d if dims == 2 else nn.AdaptiveAvgPool3d
+        conv = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}[dims]
+        pool = {1: nn.AdaptiveAvgPool1d, 2: nn.AdaptiveAvgPool2d, 3: nn.AdaptiveAvgPool3d}[dims]
         self.features = nn.Sequential(
             conv(in_channels, channels, 3, padding=1),
             nn.ReLU(),

@@ -238,6 +238,48 @@ def test_volumes_3d_match_the_class_weight_cam():
         assert maps.reshape(2, -1).max(1).tolist() == [1.0, 1.0]
 
 
+def test_signals_1d_match_the_class_weight_cam():
+    """B x C x L inputs (#452 elsewhere: the output size was taken from the wrong tensor)."""
+    torch.manual_seed(0)
+    model = GapLinearNet(dims=1).eval()
+    x = torch.randn(2, 3, 30)
+    got = raw_map(GradCAM, model, x, categories=[1, 2])
+    assert got.shape == (2, 30)
+    torch.testing.assert_close(got * 30, class_weight_cam(model, x, [1, 2]))
+    for method in ALL_METHODS:
+        maps = method(model, [model.features])(x, [ClassifierOutputTarget(1)] * 2)
+        assert maps.shape == (2, 30)
+        assert maps.reshape(2, -1).max(1).tolist() == [1.0, 1.0]
+
+
+def test_1d_maps_are_resized_linearly_to_the_signal():
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv1d(2, 4, 3, padding=1), nn.ReLU(), nn.AvgPool1d(4), nn.Flatten(), nn.Linear(16, 3)
+    ).eval()
+    x = torch.randn(1, 2, 16)
+    raw = GradCAM(model, [model[2]])(x, [ClassifierOutputTarget(0)], scale=False, as_tensor=True)
+    with torch.no_grad():
+        pooled = model[:3](x)  # 1 x 4 x 4
+    gradient = model[4].weight[0].view(1, 4, 4)  # the linear row, unflattened
+    small = torch.relu((gradient.mean(dim=2, keepdim=True) * pooled).sum(dim=1))
+    expected = torch.nn.functional.interpolate(
+        small[:, None], size=16, mode="linear", align_corners=False
+    )[:, 0]
+    torch.testing.assert_close(raw, expected)
+
+
+def test_signals_have_no_augmentations():
+    model = GapLinearNet(dims=1).eval()
+    with pytest.raises(ValueError, match="a B x C x L signal has no such augmentations"):
+        GradCAM(model, [model.features])(torch.randn(2, 3, 30), aug_smooth=True)
+
+
+def test_an_image_without_its_batch_axis_is_not_taken_for_a_signal(gap_net):
+    with pytest.raises(ValueError, match=r"first convolution is 2-D.*unsqueeze\(0\)"):
+        GradCAM(gap_net, [gap_net.features])(torch.randn(3, 12, 10))
+
+
 def test_3d_maps_are_resized_trilinearly_to_the_input():
     torch.manual_seed(0)
     model = nn.Sequential(

@@ -22,7 +22,7 @@ def categories_to_targets(categories):
     return [ClassifierOutputTarget(c) for c in categories]
 
 
-@pytest.mark.parametrize("dims", [2, 3])
+@pytest.mark.parametrize("dims", [1, 2, 3])
 def test_equals_the_formula_computed_here(dims):
     torch.manual_seed(0)
     model = GapLinearNet(dims=dims).eval()
