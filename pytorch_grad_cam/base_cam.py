@@ -17,6 +17,7 @@ modules' train/eval flags are restored, gradients are taken with
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import inspect
@@ -115,6 +116,9 @@ class BaseCAM:
     uses_targets: bool = True
     #: Whether the map is always the first principal component (EigenCAM, EigenGradCAM).
     uses_principal_component: bool = False
+    #: Whether ``create_graph=True`` is supported: the weights are differentiable functions
+    #: of the activations and their gradients (the gradient methods).
+    supports_create_graph: bool = False
 
     def __init__(
         self,
@@ -160,6 +164,7 @@ class BaseCAM:
         self.output_selector = output_selector
         self.outputs: Any = None
         self._announced_layers: set[int] = set()
+        self._create_graph = False
 
     # ----------------------------------------------------------------- the method's part
     def get_cam_weights(
@@ -194,6 +199,7 @@ class BaseCAM:
         *,
         scale: bool = True,
         as_tensor: bool = False,
+        create_graph: bool = False,
         target_category: Any = None,
     ) -> np.ndarray | torch.Tensor:
         """One map per image of ``input_tensor`` (``B x C x H x W``, ``B x C x D x H x W`` for
@@ -210,6 +216,10 @@ class BaseCAM:
                 maps (after ReLU and resizing, averaged over layers).
             as_tensor: return a float32 ``torch.Tensor`` on the model's device instead of
                 a numpy array.
+            create_graph: keep the autograd graph from the model's parameters to the maps
+                (with ``as_tensor=True``), so that a loss on the maps can be
+                back-propagated into the model, e.g. to train with attention guidance.
+                The whole forward pass then records a graph. Gradient methods only.
             target_category: deprecated; ``None``, an int for every image, or one int
                 per image. Use ``targets=[ClassifierOutputTarget(c), ...]``.
 
@@ -233,17 +243,38 @@ class BaseCAM:
         if targets is not None:
             targets = check_targets(targets, batch_size)
 
+        if create_graph:
+            self._check_create_graph(as_tensor)
         if aug_smooth and input_tensor.ndim == 3:
             raise ValueError(
                 "aug_smooth=True flips and rescales images with ttach; a B x C x L signal has "
                 "no such augmentations here. Call without aug_smooth."
             )
-        with model_in_eval_mode(self.model):
-            if aug_smooth:
-                maps = self._augmented_maps(input_tensor, targets, eigen_smooth, scale)
-            else:
-                maps = self._maps(input_tensor, targets, eigen_smooth, scale)
+        self._create_graph = create_graph
+        recording = torch.enable_grad() if create_graph else contextlib.nullcontext()
+        try:
+            with model_in_eval_mode(self.model), recording:
+                if aug_smooth:
+                    maps = self._augmented_maps(input_tensor, targets, eigen_smooth, scale)
+                else:
+                    maps = self._maps(input_tensor, targets, eigen_smooth, scale)
+        finally:
+            self._create_graph = False
         return maps if as_tensor else maps.cpu().numpy()
+
+    def _check_create_graph(self, as_tensor: bool) -> None:
+        if not self.supports_create_graph:
+            raise ValueError(
+                f"create_graph=True is not supported by {type(self).__name__}: only the "
+                "gradient methods (GradCAM, HiResCAM, GradCAMElementWise, GradCAMPlusPlus, "
+                "XGradCAM, LayerCAM, EigenGradCAM) give maps that are differentiable in the "
+                "model's parameters."
+            )
+        if not as_tensor:
+            raise ValueError(
+                "create_graph=True needs as_tensor=True: a numpy array cannot carry the "
+                "autograd graph."
+            )
 
     # ----------------------------------------------------------------- the pipeline
     def _maps(
@@ -305,9 +336,11 @@ class BaseCAM:
         Returns each target layer's output (detached), its gradient (or ``None``), the
         targets (``None`` resolved to each image's top class) and each image's score.
         """
+        # With gradients, autograd is switched on by the first target layer's hook; with
+        # create_graph the maps depend on every parameter, so it records from the start.
+        autograd = torch.enable_grad() if self._create_graph else torch.no_grad()
         with LayerRecorder(self.target_layers, self.uses_gradients) as recorder:
-            with torch.no_grad():
-                # With gradients, autograd is switched on by the first target layer's hook.
+            with autograd:
                 output = self._run_model(input_tensor)
                 scores = None
                 if self.uses_targets:
@@ -319,13 +352,14 @@ class BaseCAM:
             gradients = self._gradients(scores, layer_outputs)
         else:
             gradients = [None] * len(layer_outputs)
-        detached = [map_tensors(torch.Tensor.detach, output) for output in layer_outputs]
-        return detached, gradients, targets, None if scores is None else scores.detach()
+        if not self._create_graph:
+            layer_outputs = [map_tensors(torch.Tensor.detach, out) for out in layer_outputs]
+        return layer_outputs, gradients, targets, None if scores is None else scores.detach()
 
     def _gradients(self, scores: torch.Tensor, layer_outputs: list[Any]) -> list[Any]:
         """What the method weights with, per layer: d(score)/d(layer output) here;
         ShapleyCAM adds a second-order term."""
-        return layer_gradients(scores, layer_outputs)
+        return layer_gradients(scores, layer_outputs, create_graph=self._create_graph)
 
     def _run_model(self, input_tensor: torch.Tensor) -> Any:
         """The model's forward pass; a method that needs more from it overrides this."""
@@ -670,7 +704,9 @@ def check_reached(
     return outputs  # type: ignore[return-value]
 
 
-def layer_gradients(scores: torch.Tensor, activations: list[Any]) -> list[Any]:
+def layer_gradients(
+    scores: torch.Tensor, activations: list[Any], create_graph: bool = False
+) -> list[Any]:
     """d(sum of the images' scores)/d(activation) for every layer (images are independent);
     zeros where the scores do not depend on it. A layer's mapping of tensors gets a
     mapping of their gradients."""
@@ -682,7 +718,9 @@ def layer_gradients(scores: torch.Tensor, activations: list[Any]) -> list[Any]:
         for tensor in (activation.values() if is_tensor_mapping(activation) else [activation])
     ]
     if score.requires_grad:
-        flat_gradients = torch.autograd.grad(score, flat, allow_unused=True)
+        flat_gradients = torch.autograd.grad(
+            score, flat, allow_unused=True, create_graph=create_graph
+        )
     else:
         flat_gradients = [None] * len(flat)
     remaining = iter(

@@ -14,6 +14,8 @@ class EigenGradCAM(BaseCAM):
     (positions x channels, centred), ``v_1`` its first right singular vector.
     """
 
+    supports_create_graph = True
+
     uses_principal_component = True
 
     def get_cam_weights(

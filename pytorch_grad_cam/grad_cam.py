@@ -14,6 +14,8 @@ class GradCAM(BaseCAM):
     ``w_k = mean_ij dy/dA^k_ij``;  ``map = ReLU(sum_k w_k A^k)``.
     """
 
+    supports_create_graph = True
+
     def get_cam_weights(
         self, activations: torch.Tensor, gradients: torch.Tensor, context: LayerContext
     ) -> torch.Tensor:

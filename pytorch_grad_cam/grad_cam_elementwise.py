@@ -14,6 +14,8 @@ class GradCAMElementWise(BaseCAM):
     cancel positive evidence of another (Selvaraju et al., 2017, element-wise variant).
     """
 
+    supports_create_graph = True
+
     def get_cam_weights(
         self, activations: torch.Tensor, gradients: torch.Tensor, context: LayerContext
     ) -> torch.Tensor:

@@ -16,6 +16,8 @@ class GradCAMPlusPlus(BaseCAM):
     ``w_k = sum_ij alpha_ij ReLU(g_ij)``;  ``map = ReLU(sum_k w_k A^k)``.
     """
 
+    supports_create_graph = True
+
     def get_cam_weights(
         self, activations: torch.Tensor, gradients: torch.Tensor, context: LayerContext
     ) -> torch.Tensor:

@@ -14,6 +14,8 @@ class HiResCAM(BaseCAM):
     contribution of each position to the score.
     """
 
+    supports_create_graph = True
+
     def get_cam_weights(
         self, activations: torch.Tensor, gradients: torch.Tensor, context: LayerContext
     ) -> torch.Tensor:

@@ -13,6 +13,8 @@ class LayerCAM(BaseCAM):
     ``map = ReLU(sum_k ReLU(dy/dA^k) * A^k)`` (element-wise); reliable in early layers too.
     """
 
+    supports_create_graph = True
+
     def get_cam_weights(
         self, activations: torch.Tensor, gradients: torch.Tensor, context: LayerContext
     ) -> torch.Tensor:

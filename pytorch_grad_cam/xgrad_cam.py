@@ -15,6 +15,8 @@ class XGradCAM(BaseCAM):
     sum to 0);  ``map = ReLU(sum_k w_k A^k)``.
     """
 
+    supports_create_graph = True
+
     def get_cam_weights(
         self, activations: torch.Tensor, gradients: torch.Tensor, context: LayerContext
     ) -> torch.Tensor:
