@@ -36,9 +36,10 @@ class AblationCAM(PerturbationCAM):
     model is traced with ``torch.fx``, the part before the layer runs once per call, and
     batches of ablated activations go through the rest (``ablation_paths[i] == "tail"``).
     When the rest cannot be run on its own (the model cannot be traced, the layer runs
-    more than once, or the rest does not reproduce the model's scores), each batch of
-    ablations runs the whole model with the layer's output replaced (``"full forward"``):
-    slower, same result. The path is logged at DEBUG level.
+    more than once, the rest does not reproduce the model's scores, or the model takes
+    ``extra_inputs`` / ``model_kwargs``), each batch of ablations runs the whole model
+    with the layer's output replaced (``"full forward"``): slower, same result. The path
+    is logged at DEBUG level.
 
     Args:
         ratio_channels_to_ablate: fraction of channels to ablate, those with the largest
@@ -77,13 +78,17 @@ class AblationCAM(PerturbationCAM):
         #: For each target layer, the path the last call took: "tail" or "full forward".
         self.ablation_paths: list[str] = []
         self._traced: TracedModel | None = None
+        #: Whether this call's forward pass ran through the traced model.
+        self._traced_inputs = False
         self._trace_failure: str | None = None
 
     # ----------------------------------------------------------------- forward pass
     def _run_model(self, input_tensor: torch.Tensor) -> Any:
         traced = self._traced_model()
-        if traced is None:
-            return self.model(input_tensor)
+        if traced is None or self._model_inputs.args or self._model_inputs.kwargs:
+            self._traced_inputs = False
+            return self._call_model(input_tensor)
+        self._traced_inputs = True
         return traced.run_and_record(input_tensor)
 
     def _traced_model(self) -> TracedModel | None:
@@ -166,7 +171,9 @@ class AblationCAM(PerturbationCAM):
         each image's unablated score computed by that path."""
         traced = self._traced
         problem = self._trace_failure
-        if traced is not None:
+        if traced is not None and not self._traced_inputs:
+            problem = "the model takes extra_inputs / model_kwargs, which the tail does not"
+        elif traced is not None:
             problem = traced.tail_problem(context.layer_index)
         if problem is None:
             problem, tail_scores = self._tail_scores(context)
@@ -194,7 +201,7 @@ class AblationCAM(PerturbationCAM):
 
             handle = context.layer.register_forward_hook(replace_output)
             try:
-                return self.model(repeat_rows(context.input_tensor, rows))
+                return self._call_model(repeat_rows(context.input_tensor, rows), rows)
             finally:
                 handle.remove()
 

@@ -25,7 +25,7 @@ import itertools
 import numbers
 import os
 import warnings
-from collections.abc import MutableMapping, Sequence
+from collections.abc import Mapping, MutableMapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -42,6 +42,7 @@ from pytorch_grad_cam.activations_and_gradients import (
 )
 from pytorch_grad_cam.utils.maps import first_principal_component, resize_maps, scale_to_unit_range
 from pytorch_grad_cam.utils.model_outputs import OutputSelector, select_output
+from pytorch_grad_cam.utils.model_tail import repeat_rows
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from pytorch_grad_cam.utils.reshape_transforms import (
     channels_last_to_first,
@@ -61,6 +62,29 @@ class InferredReshapeWarning(UserWarning):
 def default_tta_transforms() -> ttach.Compose:
     """Horizontal flip x multiply by 0.9 / 1.0 / 1.1: six passes."""
     return ttach.Compose([ttach.HorizontalFlip(), ttach.Multiply(factors=[0.9, 1.0, 1.1])])
+
+
+@dataclass
+class ModelInputs:
+    """What a model with several inputs takes besides the image, for one call."""
+
+    args: tuple
+    kwargs: dict
+    #: The call's number of images: a tensor with this many rows has one per image.
+    batch_size: int
+
+    def for_rows(self, rows: Sequence[int] | None) -> tuple[tuple, dict]:
+        """The inputs for a batch whose row ``r`` comes from image ``rows[r]``."""
+        if rows is None or not (self.args or self.kwargs):
+            return self.args, self.kwargs
+
+        def follow(value: Any) -> Any:
+            per_image = isinstance(value, torch.Tensor) and value.ndim > 0
+            if per_image and value.shape[0] == self.batch_size:
+                return repeat_rows(value, list(rows))
+            return value
+
+        return tuple(map(follow, self.args)), {k: follow(v) for k, v in self.kwargs.items()}
 
 
 @dataclass
@@ -116,6 +140,8 @@ class BaseCAM:
     uses_targets: bool = True
     #: Whether the map is always the first principal component (EigenCAM, EigenGradCAM).
     uses_principal_component: bool = False
+    #: Whether ``extra_inputs`` / ``model_kwargs`` (models with several inputs) are supported.
+    supports_extra_inputs: bool = True
     #: Whether ``create_graph=True`` is supported: the weights are differentiable functions
     #: of the activations and their gradients (the gradient methods).
     supports_create_graph: bool = False
@@ -165,6 +191,7 @@ class BaseCAM:
         self.outputs: Any = None
         self._announced_layers: set[int] = set()
         self._create_graph = False
+        self._model_inputs = ModelInputs((), {}, 0)
 
     # ----------------------------------------------------------------- the method's part
     def get_cam_weights(
@@ -200,6 +227,8 @@ class BaseCAM:
         scale: bool = True,
         as_tensor: bool = False,
         create_graph: bool = False,
+        extra_inputs: Sequence[Any] = (),
+        model_kwargs: Mapping[str, Any] | None = None,
         target_category: Any = None,
     ) -> np.ndarray | torch.Tensor:
         """One map per image of ``input_tensor`` (``B x C x H x W``, ``B x C x D x H x W`` for
@@ -220,6 +249,11 @@ class BaseCAM:
                 (with ``as_tensor=True``), so that a loss on the maps can be
                 back-propagated into the model, e.g. to train with attention guidance.
                 The whole forward pass then records a graph. Gradient methods only.
+            extra_inputs, model_kwargs: for a model with several inputs, what it takes
+                besides the image: ``model(input_tensor, *extra_inputs, **model_kwargs)``.
+                A tensor whose first axis has one row per image follows its image when
+                perturbation methods batch perturbed copies; anything else is passed as
+                it is.
             target_category: deprecated; ``None``, an int for every image, or one int
                 per image. Use ``targets=[ClassifierOutputTarget(c), ...]``.
 
@@ -245,6 +279,13 @@ class BaseCAM:
 
         if create_graph:
             self._check_create_graph(as_tensor)
+        if extra_inputs or model_kwargs:
+            if not self.supports_extra_inputs:
+                raise ValueError(
+                    f"{type(self).__name__} does not take extra_inputs / model_kwargs yet; "
+                    "wrap the model in a module whose forward takes the image alone."
+                )
+        self._model_inputs = ModelInputs(tuple(extra_inputs), dict(model_kwargs or {}), batch_size)
         if aug_smooth and input_tensor.ndim == 3:
             raise ValueError(
                 "aug_smooth=True flips and rescales images with ttach; a B x C x L signal has "
@@ -260,6 +301,7 @@ class BaseCAM:
                     maps = self._maps(input_tensor, targets, eigen_smooth, scale)
         finally:
             self._create_graph = False
+            self._model_inputs = ModelInputs((), {}, 0)
         return maps if as_tensor else maps.cpu().numpy()
 
     def _check_create_graph(self, as_tensor: bool) -> None:
@@ -363,7 +405,13 @@ class BaseCAM:
 
     def _run_model(self, input_tensor: torch.Tensor) -> Any:
         """The model's forward pass; a method that needs more from it overrides this."""
-        return self.model(input_tensor)
+        return self._call_model(input_tensor)
+
+    def _call_model(self, batch: torch.Tensor, rows: Sequence[int] | None = None) -> Any:
+        """The model on ``batch``, with the call's ``extra_inputs`` / ``model_kwargs``;
+        row ``r`` of ``batch`` comes from image ``rows[r]`` (``None``: the images as given)."""
+        args, kwargs = self._model_inputs.for_rows(rows)
+        return self.model(batch, *args, **kwargs)
 
     def _top_classes(self, output: Any) -> list[Target]:
         """``targets=None``: each image's top-scoring class, kept on the device."""
@@ -491,7 +539,7 @@ class BaseCAM:
         """Run the input as given: ``cam.outputs`` is its output, and with ``targets=None``
         each image's top class there is what every augmentation explains."""
         with torch.no_grad():
-            output = self.model(input_tensor)
+            output = self._call_model(input_tensor)
         self.outputs = detached_output(output)
         if targets is not None or not self.uses_targets:
             return targets

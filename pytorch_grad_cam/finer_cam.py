@@ -63,6 +63,8 @@ class FinerCAM(BaseCAM):
     also takes ``alpha``, ``comparison_categories`` and ``target_idx`` keywords.
     """
 
+    supports_extra_inputs = False  # it ranks classes with its own forward pass
+
     def __init__(
         self,
         model: nn.Module,

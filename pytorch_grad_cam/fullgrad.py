@@ -84,6 +84,8 @@ class FullGrad(BaseCAM):
     ``.grad`` fields are never touched.
     """
 
+    supports_extra_inputs = False  # its forward pass records every biased layer
+
     def __init__(
         self,
         model: nn.Module,

@@ -45,6 +45,8 @@ class RefineCAM(BaseCAM):
     The other arguments are those of :class:`~pytorch_grad_cam.base_cam.BaseCAM`.
     """
 
+    supports_extra_inputs = False  # the base method runs the model
+
     def __init__(
         self,
         model: nn.Module,

@@ -68,7 +68,7 @@ class ScoreCAM(PerturbationCAM):
             scores = []
             for image, (maps, inverse) in enumerate(distinct):
                 distinct_scores = self._masked_scores(
-                    maps, input_tensor[image], targets[image], buffer, bar
+                    maps, image, input_tensor[image], targets[image], buffer, bar
                 )
                 scores.append(distinct_scores[inverse])
             if bar is not None:
@@ -81,6 +81,7 @@ class ScoreCAM(PerturbationCAM):
     def _masked_scores(
         self,
         maps: torch.Tensor,
+        image_index: int,
         image: torch.Tensor,
         target: Target,
         buffer: torch.Tensor,
@@ -101,7 +102,8 @@ class ScoreCAM(PerturbationCAM):
             index = torch.arange(rows.start, rows.stop, device=maps.device) % distinct
             masks = _upsampled_masks(maps[index], size)
             masked = self._fill_masked(buffer[: len(rows)], masks, image, rows, distinct)
-            scores = self._target_scores(self.model(masked), [target] * len(rows))
+            output = self._call_model(masked, [image_index] * len(rows))
+            scores = self._target_scores(output, [target] * len(rows))
             sums = scores.new_zeros(distinct) if sums is None else sums
             sums.index_add_(0, index.to(scores.device), scores)
             if bar is not None:

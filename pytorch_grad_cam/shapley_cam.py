@@ -52,7 +52,7 @@ class ShapleyCAM(BaseCAM):
         # The fused attention kernels (flash, memory-efficient) have no second derivative;
         # the math kernel, built from differentiable operations, does.
         with sdpa_kernel(SDPBackend.MATH):
-            return self.model(input_tensor)
+            return self._call_model(input_tensor)
 
     def _top_classes(self, output: Any) -> list[Target]:
         return [ClassifierOutputReST(target.category) for target in super()._top_classes(output)]

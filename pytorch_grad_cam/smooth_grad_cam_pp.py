@@ -58,6 +58,8 @@ class SmoothGradCAMpp(GradCAMPlusPlus):
     The other arguments are those of :class:`~pytorch_grad_cam.base_cam.BaseCAM`.
     """
 
+    supports_extra_inputs = False  # its noisy passes call the model directly
+
     supports_create_graph = False  # its gradients come from its own noisy passes
 
     def __init__(

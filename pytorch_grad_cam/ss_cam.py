@@ -90,6 +90,7 @@ class SSCAM(ScoreCAM):
     def _masked_scores(
         self,
         maps: torch.Tensor,
+        image_index: int,
         image: torch.Tensor,
         target: Target,
         buffer: torch.Tensor,
@@ -98,7 +99,7 @@ class SSCAM(ScoreCAM):
         assert self._draw is not None
         sigma = self.stdev_spread * (image.max() - image.min())
         self._noise = _NoiseStream(self._draw, image, sigma)
-        return super()._masked_scores(maps, image, target, buffer, bar)
+        return super()._masked_scores(maps, image_index, image, target, buffer, bar)
 
     def _variants(self) -> int:
         return self.n_samples
