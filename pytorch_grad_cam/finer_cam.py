@@ -126,6 +126,8 @@ class FinerCAM(BaseCAM):
         target_idx: int | Sequence[int] | None = None,
         scale: bool = True,
         as_tensor: bool = False,
+        extra_inputs: Sequence[Any] = (),
+        model_kwargs: Any = None,
         target_category: Any = None,
     ) -> np.ndarray | torch.Tensor:
         """The base method's maps of ``y_c - alpha * mean_d y_d``, one per image.
@@ -134,6 +136,11 @@ class FinerCAM(BaseCAM):
         ``target_idx`` (an int, or one per image) is the main class. The other arguments
         are those of :meth:`BaseCAM.__call__ <pytorch_grad_cam.base_cam.BaseCAM.__call__>`.
         """
+        if extra_inputs or model_kwargs:
+            raise ValueError(
+                "FinerCAM does not take extra_inputs / model_kwargs yet; wrap the model in "
+                "a module whose forward takes the image alone."
+            )
         if looks_like_categories(targets):
             target_category, targets = targets, None
         if target_category is not None:

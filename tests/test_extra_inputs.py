@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from pytorch_grad_cam import AblationCAM, EigenCAM, FullGrad, GradCAM, ScoreCAM
+from pytorch_grad_cam import AblationCAM, EigenCAM, FinerCAM, FullGrad, GradCAM, ScoreCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
 
@@ -118,5 +118,6 @@ def test_eigencam_and_smoothing_pass_the_inputs_too(inputs):
 def test_a_method_that_cannot_take_them_says_so(inputs):
     x, scale, _ = inputs
     model = ImageAndVectorNet().eval()
-    with pytest.raises(ValueError, match="FullGrad does not take extra_inputs"):
-        FullGrad(model, [model.features])(x, extra_inputs=(scale,))
+    for method in (FullGrad, FinerCAM):
+        with pytest.raises(ValueError, match=f"{method.__name__} does not take extra_inputs"):
+            method(model, [model.features])(x, extra_inputs=(scale,))
