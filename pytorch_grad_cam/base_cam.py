@@ -46,8 +46,8 @@ from pytorch_grad_cam.utils.model_tail import repeat_rows
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from pytorch_grad_cam.utils.reshape_transforms import (
     channels_last_to_first,
+    infer_reshape_transform,
     infer_token_grid,
-    looks_channels_last,
     tokens_to_grid,
 )
 
@@ -453,9 +453,8 @@ class BaseCAM:
             if _takes_image_size(self.reshape_transform):
                 return functools.partial(self.reshape_transform, image_size=tuple(image_size))
             return self.reshape_transform
-        if len(image_size) != 2:
-            return None
-        if layer_output.ndim == 3:
+        transform = infer_reshape_transform(layer_output.shape, image_size)
+        if transform is tokens_to_grid:
             prefix = getattr(self.model, "num_prefix_tokens", None)
             prefix = prefix if is_integer(prefix) else None
             layout = infer_token_grid(layer_output.shape[1], image_size, prefix)
@@ -468,10 +467,9 @@ class BaseCAM:
             return functools.partial(
                 tokens_to_grid, image_size=tuple(image_size), num_prefix_tokens=prefix
             )
-        if layer_output.ndim == 4 and looks_channels_last(layer_output.shape, image_size):
+        if transform is channels_last_to_first:
             self._announce(index, layer_output, "channels_last_to_first: B x H x W x C read")
-            return channels_last_to_first
-        return None
+        return transform
 
     def _announce(self, index: int, layer_output: torch.Tensor, how: str) -> None:
         if index in self._announced_layers:

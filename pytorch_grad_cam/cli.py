@@ -49,9 +49,7 @@ from pytorch_grad_cam.utils.find_layers import get_layer, suggest_target_layer_n
 from pytorch_grad_cam.utils.image import deprocess_image, show_cam_on_image
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from pytorch_grad_cam.utils.reshape_transforms import (
-    channels_last_to_first,
-    looks_channels_last,
-    tokens_to_grid,
+    infer_reshape_transform,
 )
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
@@ -750,9 +748,9 @@ def explain_and_write(args: argparse.Namespace, explainable: Explainable) -> Exp
     category = int(scores.argmax()) if category is None else category
     print(f"explaining: {category} {categories[category]} with {method.__name__}")
 
-    reshape = explainable.reshape_transform or infer_reshape_transform(
-        layer_shape, input_tensor.shape[2:]
-    )
+    reshape = explainable.reshape_transform
+    if reshape is None and layer_shape is not None:
+        reshape = infer_reshape_transform(layer_shape, input_tensor.shape[2:])
     grayscale = compute_map(method, model, layers, reshape, input_tensor, category, args)
     guided = pytorch_grad_cam.GuidedBackpropReLUModel(model)(input_tensor, category)
     images = compose_images(rgb_image, grayscale, guided)
@@ -813,20 +811,6 @@ def print_top_classes(scores: torch.Tensor, categories: Sequence[str]) -> None:
     top = scores.softmax(dim=0).topk(min(TOP_CLASSES, scores.numel()))
     for probability, index in zip(top.values.tolist(), top.indices.tolist()):
         print(f"{probability:6.3f}  {index:4d}  {categories[index]}")
-
-
-def infer_reshape_transform(
-    layer_shape: tuple[int, ...] | None, image_size: Sequence[int]
-) -> ReshapeTransform | None:
-    """The reshape a layer output of ``layer_shape`` needs: tokens ``B x N x C`` -> grid,
-    channels-last ``B x H x W x C`` -> channels-first, otherwise none."""
-    if layer_shape is None:
-        return None
-    if len(layer_shape) == 3:
-        return tokens_to_grid
-    if len(layer_shape) == 4 and looks_channels_last(layer_shape, tuple(image_size)):
-        return channels_last_to_first
-    return None
 
 
 def compute_map(

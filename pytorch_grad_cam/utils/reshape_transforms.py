@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import torch
 
@@ -154,6 +154,19 @@ def channels_last_to_first(tensor: torch.Tensor) -> torch.Tensor:
             f"channels_last_to_first: expected B x H x W x C, got {tuple(tensor.shape)}."
         )
     return tensor.permute(0, 3, 1, 2)
+
+
+def infer_reshape_transform(shape: Sequence[int], image_size: Sequence[int]) -> Callable | None:
+    """The transform a layer output of ``shape`` needs for an image of ``image_size``:
+    ``tokens_to_grid`` for tokens ``B x N x C``, ``channels_last_to_first`` for a
+    ``B x H x W x C`` output (``looks_channels_last``), otherwise ``None``."""
+    if len(image_size) != 2:
+        return None
+    if len(shape) == 3:
+        return tokens_to_grid
+    if len(shape) == 4 and looks_channels_last(shape, image_size):
+        return channels_last_to_first
+    return None
 
 
 def looks_channels_last(shape: Sequence[int], image_size: Sequence[int]) -> bool:
