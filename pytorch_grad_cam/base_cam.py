@@ -661,6 +661,15 @@ def is_integer(value: Any) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
 
 
+def is_positive_int(value: Any, minimum: int = 1) -> bool:
+    """An int (not a bool) of at least ``minimum``: batch sizes, sample counts."""
+    return (
+        isinstance(value, numbers.Integral)
+        and not isinstance(value, (bool, np.bool_))
+        and value >= minimum
+    )
+
+
 def looks_like_categories(targets: Any) -> bool:
     """The seeds' positional ``cam(input, 281)`` / ``cam(input, [281, 3])`` spelling."""
     if is_integer(targets):

@@ -3,7 +3,6 @@ https://arxiv.org/abs/1806.10206)."""
 
 from __future__ import annotations
 
-import numbers
 from collections.abc import Sequence
 from typing import Any, Callable
 
@@ -15,6 +14,7 @@ from pytorch_grad_cam.base_cam import (
     BaseCAM,
     ReshapeTransform,
     check_input,
+    is_positive_int,
     model_in_eval_mode,
 )
 from pytorch_grad_cam.utils.maps import resize_maps, scale_to_unit_range
@@ -168,7 +168,7 @@ def _one_layer(target_layer: Any, target_layers: Any) -> Any:
 
 
 def _check_positive_int(name: str, value: Any, example: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+    if not is_positive_int(value):
         raise ValueError(f"{name} must be a positive int, got {value!r}; {example}.")
     return int(value)
 

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import numbers
 from collections.abc import Sequence
 from typing import Any
 
 import ttach
 from torch import nn
 
-from pytorch_grad_cam.base_cam import BaseCAM, ReshapeTransform
+from pytorch_grad_cam.base_cam import BaseCAM, ReshapeTransform, is_positive_int
 from pytorch_grad_cam.utils.model_outputs import OutputSelector
 
 
@@ -55,11 +54,7 @@ class PerturbationCAM(BaseCAM):
 
 def check_batch_size(batch_size: Any) -> int:
     """``batch_size`` as an int, or a ValueError that names it."""
-    if (
-        isinstance(batch_size, bool)
-        or not isinstance(batch_size, numbers.Integral)
-        or batch_size < 1
-    ):
+    if not is_positive_int(batch_size):
         raise ValueError(
             f"batch_size must be a positive int (perturbed copies per forward pass), got "
             f"{batch_size!r}."

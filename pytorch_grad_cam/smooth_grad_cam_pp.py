@@ -17,6 +17,7 @@ from pytorch_grad_cam.base_cam import (
     ReshapeTransform,
     Target,
     check_reached,
+    is_positive_int,
     layer_gradients,
 )
 from pytorch_grad_cam.grad_cam_plusplus import GradCAMPlusPlus
@@ -177,7 +178,7 @@ class SmoothGradCAMpp(GradCAMPlusPlus):
 # --------------------------------------------------------------------- shared with SS-CAM
 def check_n_samples(n_samples: Any) -> int:
     """``n_samples`` as an int, or a ValueError that names it."""
-    if isinstance(n_samples, bool) or not isinstance(n_samples, numbers.Integral) or n_samples < 1:
+    if not is_positive_int(n_samples):
         raise ValueError(
             f"n_samples must be a positive int (how many noisy or scaled copies are averaged), "
             f"got {n_samples!r}."

@@ -15,6 +15,7 @@ from torch import nn
 from pytorch_grad_cam.base_cam import (
     Target,
     check_targets,
+    is_positive_int,
     model_device,
     model_in_eval_mode,
     target_scores,
@@ -112,7 +113,7 @@ def check_metric_targets(targets: Any, batch_size: int, metric: str) -> list[Tar
 
 
 def check_int(value: Any, name: str, metric: str, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+    if not is_positive_int(value, minimum):
         raise ValueError(f"{metric}: {name} must be an int >= {minimum}, got {value!r}.")
     return int(value)
 
