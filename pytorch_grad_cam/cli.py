@@ -22,6 +22,7 @@ import argparse
 import copy
 import difflib
 import functools
+import importlib
 import inspect
 import os
 import re
@@ -957,9 +958,25 @@ def _one_line_warning(prog: str) -> Callable[..., None]:
     return show
 
 
+#: ``gradcam <subcommand> ...``: the module whose ``main(argv) -> int`` runs it, imported
+#: only when asked for (the app's and Ray's packages are optional extras).
+SUBCOMMANDS = {
+    "explain-dataset": "pytorch_grad_cam.batch.command",
+    "app": "pytorch_grad_cam.app",
+}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """``cam.py`` / ``gradcam``: returns the exit status."""
-    return run_command(run, build_parser(), argv)
+    """``cam.py`` / ``gradcam``: returns the exit status.
+
+    ``gradcam explain-dataset ...`` and ``gradcam app ...`` run a subcommand; anything
+    else explains one image.
+    """
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    if arguments and arguments[0] in SUBCOMMANDS:
+        subcommand = importlib.import_module(SUBCOMMANDS[arguments[0]])
+        return subcommand.main(arguments[1:])
+    return run_command(run, build_parser(), arguments)
 
 
 if __name__ == "__main__":
