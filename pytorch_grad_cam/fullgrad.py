@@ -118,16 +118,17 @@ class FullGrad(BaseCAM):
         self, input_tensor: torch.Tensor, targets: Sequence[Target] | None
     ) -> FullGradDecomposition:
         x = input_tensor.detach().requires_grad_(True)
+        # Autograd stays on up to the gradients' sum: the caller may be inside no_grad().
         with _BiasRecorder(self.model) as recorder, torch.enable_grad():
             output = self.model(x)
             targets = targets if targets is not None else self._top_classes(output)
             scores = self._target_scores(output, targets)
+            tensors = [x, *recorder.outputs]
+            if scores.requires_grad:
+                gradients = torch.autograd.grad(scores.sum(), tensors, allow_unused=True)
+            else:
+                gradients = [None] * len(tensors)
         self.outputs = detached_output(output)
-        tensors = [x, *recorder.outputs]
-        if scores.requires_grad:
-            gradients = torch.autograd.grad(scores.sum(), tensors, allow_unused=True)
-        else:
-            gradients = [None] * len(tensors)
         gradients = [torch.zeros_like(t) if g is None else g for t, g in zip(tensors, gradients)]
         bias_terms = [
             gradient * _along(bias, axis, gradient.ndim)
