@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import itertools
 import operator
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -26,27 +27,82 @@ class TailUnavailable(Exception):
     """The part of the model after a layer cannot be run on its own."""
 
 
+#: torch.fx tracing swaps ``nn.Module.__call__`` / ``__getattr__`` for its own wrappers
+#: while it runs, and restores what it saw at the start: two traces at once could leave a
+#: wrapper in place for good. The package's traces take turns.
+_TRACE_LOCK = threading.Lock()
+
+
 class _TargetLeafTracer(torch.fx.Tracer):
+    """Keeps the target layers as opaque calls, and is invisible to other threads.
+
+    While a trace runs, every thread's module calls and parameter look-ups go through
+    torch.fx's wrappers; this tracer hands those of other threads straight to the module
+    (``call_module``) or the attribute (``getattr``), so that a forward pass of any model
+    elsewhere runs as usual. No function is auto-wrapped (``autowrap_modules=()``): that
+    would rewrite other modules' globals.
+    """
+
     def __init__(self, leaves: Sequence[nn.Module]):
-        super().__init__()
+        super().__init__(autowrap_modules=(), autowrap_functions=())
         self._leaf_ids = {id(leaf) for leaf in leaves}
+        self._tracing_thread: int | None = None
+
+    def trace(self, root: nn.Module, concrete_args: Any = None) -> torch.fx.Graph:
+        self._tracing_thread = threading.get_ident()
+        try:
+            return super().trace(root, concrete_args)
+        finally:
+            self._tracing_thread = None
+
+    def _elsewhere(self) -> bool:
+        return threading.get_ident() != self._tracing_thread
+
+    def call_module(self, m: nn.Module, forward: Any, args: Any, kwargs: Any) -> Any:
+        if self._elsewhere():
+            return forward(*args, **kwargs)
+        return super().call_module(m, forward, args, kwargs)
+
+    def getattr(self, attr: str, attr_val: Any, parameter_proxy_cache: dict) -> Any:
+        if self._elsewhere():
+            return attr_val
+        return super().getattr(attr, attr_val, parameter_proxy_cache)
 
     def is_leaf_module(self, module: nn.Module, qualified_name: str) -> bool:
         return id(module) in self._leaf_ids or super().is_leaf_module(module, qualified_name)
 
 
+class _Root(nn.Module):
+    """What is traced: the user's model as a child. The tracer stores constants it meets
+    (tensors that are no attribute of any module) on the traced root; this keeps them off
+    the user's model."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_tensor: torch.Tensor) -> Any:
+        return self.model(input_tensor)
+
+
 class TracedModel:
-    """``model`` as an fx graph in which each of ``layers`` is called exactly once."""
+    """``model`` as an fx graph in which each of ``layers`` is called exactly once.
+
+    The graph is run by an interpreter, node by node: no ``GraphModule`` is built, so no
+    Python source is generated and registered in ``linecache`` (which keeps every entry
+    for the life of the process).
+    """
 
     def __init__(self, model: nn.Module, layers: Sequence[nn.Module]):
+        root = _Root(model)
         tracer = _TargetLeafTracer(layers)
         try:
-            graph = tracer.trace(model)
-            self.module = torch.fx.GraphModule(model, graph)
+            with _TRACE_LOCK:
+                graph = tracer.trace(root)
         except Exception as error:  # any tracing failure means: no tail for this model
             raise TailUnavailable(f"torch.fx cannot trace the model: {error}") from error
         self.nodes = list(graph.nodes)
-        self.layer_nodes = [self._node_calling(model, layer) for layer in layers]
+        self.layer_nodes = [self._node_calling(root, layer) for layer in layers]
         order = {node: position for position, node in enumerate(self.nodes)}
         self._prefix_lengths = [order[node] for node in self.layer_nodes]
         self._tail_inputs = [self._live_before(order, node) for node in self.layer_nodes]
@@ -54,14 +110,17 @@ class TracedModel:
         self._recorded: dict[torch.fx.Node, Any] = {}
         self._batch_size = 0
         # Built once: an Interpreter walks every submodule when it is constructed.
-        self._interpreter = torch.fx.Interpreter(self.module)
-        self._recorder = _RecordingInterpreter(self.module)
+        self._interpreter = _ForgetfulInterpreter(root, graph=graph)
+        self._recorder = _RecordingInterpreter(root, graph=graph)
 
-    def _node_calling(self, model: nn.Module, layer: nn.Module) -> torch.fx.Node:
-        name = next(name for name, module in model.named_modules() if module is layer)
+    def _node_calling(self, root: nn.Module, layer: nn.Module) -> torch.fx.Node:
+        name = next(name for name, module in root.named_modules() if module is layer)
         calls = [n for n in self.nodes if n.op == "call_module" and n.target == name]
         if len(calls) != 1:
-            raise TailUnavailable(f"layer {name!r} is called {len(calls)} times in the forward")
+            layer_name = name.removeprefix("model.")
+            raise TailUnavailable(
+                f"layer {layer_name!r} is called {len(calls)} times in the forward"
+            )
         return calls[0]
 
     def _live_before(self, order: dict, layer_node: torch.fx.Node) -> list[torch.fx.Node]:
@@ -159,7 +218,19 @@ def repeat_rows(
     return out
 
 
-class _RecordingInterpreter(torch.fx.Interpreter):
+class _ForgetfulInterpreter(torch.fx.Interpreter):
+    """An interpreter that keeps nothing of a run once it returns: torch.fx's own keeps its
+    environment and its iterator over the arguments (the input batch) until the next run."""
+
+    def run(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().run(*args, **kwargs)
+        finally:
+            self.env = {}
+            self.args_iter = iter(())
+
+
+class _RecordingInterpreter(_ForgetfulInterpreter):
     """Runs the graph and keeps the values of the nodes it is asked to record."""
 
     def run_recording(
@@ -167,8 +238,9 @@ class _RecordingInterpreter(torch.fx.Interpreter):
     ) -> tuple[Any, dict[torch.fx.Node, Any]]:
         self._to_record = nodes
         self._recorded: dict[torch.fx.Node, Any] = {}
+        recorded = self._recorded
         try:
-            return self.run(input_tensor), self._recorded
+            return self.run(input_tensor), recorded
         finally:
             self._to_record, self._recorded = set(), {}
 
