@@ -30,9 +30,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from pytorch_grad_cam.base_cam import detached_output, model_device, model_in_eval_mode
+from pytorch_grad_cam.base_cam import detached_output
 from pytorch_grad_cam.utils.maps import resize_maps, scale_to_unit_range
+from pytorch_grad_cam.utils.model_state import model_in_eval_mode
 from pytorch_grad_cam.utils.reshape_transforms import TokenGrid, infer_token_grid
+from pytorch_grad_cam.utils.validation import check_input_tensor
 
 _HEAD_FUSIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "mean": lambda attention: attention.mean(dim=1),
@@ -449,13 +451,4 @@ def _patch_grid(
 
 
 def _check_input(input_tensor: Any, model: nn.Module) -> torch.Tensor:
-    if not isinstance(input_tensor, torch.Tensor) or not input_tensor.is_floating_point():
-        got = input_tensor.dtype if isinstance(input_tensor, torch.Tensor) else type(input_tensor)
-        raise TypeError(f"input_tensor must be a float torch.Tensor, got {got}.")
-    if input_tensor.ndim != 4:
-        raise ValueError(
-            f"input_tensor must have shape B x C x H x W, got {tuple(input_tensor.shape)}; "
-            "add the batch axis with input_tensor.unsqueeze(0)."
-        )
-    device = model_device(model)
-    return input_tensor if device is None else input_tensor.to(device)
+    return check_input_tensor(input_tensor, model, ndims=(4,), who="AttentionRollout: ")

@@ -26,7 +26,6 @@ import numbers
 import os
 import warnings
 from collections.abc import Mapping, MutableMapping, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -42,6 +41,8 @@ from pytorch_grad_cam.activations_and_gradients import (
 )
 from pytorch_grad_cam.utils.maps import first_principal_component, resize_maps, scale_to_unit_range
 from pytorch_grad_cam.utils.model_outputs import OutputSelector, select_output
+from pytorch_grad_cam.utils.model_state import model_device as model_device  # re-exported
+from pytorch_grad_cam.utils.model_state import model_in_eval_mode
 from pytorch_grad_cam.utils.model_tail import repeat_rows
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from pytorch_grad_cam.utils.reshape_transforms import (
@@ -50,6 +51,7 @@ from pytorch_grad_cam.utils.reshape_transforms import (
     infer_token_grid,
     tokens_to_grid,
 )
+from pytorch_grad_cam.utils.validation import check_input_tensor
 
 ReshapeTransform = Callable[[torch.Tensor], torch.Tensor]
 Target = Callable[[Any], torch.Tensor]
@@ -285,23 +287,27 @@ class BaseCAM:
                     f"{type(self).__name__} does not take extra_inputs / model_kwargs yet; "
                     "wrap the model in a module whose forward takes the image alone."
                 )
-        self._model_inputs = ModelInputs(tuple(extra_inputs), dict(model_kwargs or {}), batch_size)
         if aug_smooth and input_tensor.ndim == 3:
             raise ValueError(
                 "aug_smooth=True flips and rescales images with ttach; a B x C x L signal has "
                 "no such augmentations here. Call without aug_smooth."
             )
-        self._create_graph = create_graph
         recording = torch.enable_grad() if create_graph else contextlib.nullcontext()
-        try:
-            with model_in_eval_mode(self.model), recording:
+        # The call's state lives on self only inside the model's lock: another thread's
+        # call through this object (or on this model) waits until it is reset.
+        with model_in_eval_mode(self.model), recording:
+            self._model_inputs = ModelInputs(
+                tuple(extra_inputs), dict(model_kwargs or {}), batch_size
+            )
+            self._create_graph = create_graph
+            try:
                 if aug_smooth:
                     maps = self._augmented_maps(input_tensor, targets, eigen_smooth, scale)
                 else:
                     maps = self._maps(input_tensor, targets, eigen_smooth, scale)
-        finally:
-            self._create_graph = False
-            self._model_inputs = ModelInputs((), {}, 0)
+            finally:
+                self._create_graph = False
+                self._model_inputs = ModelInputs((), {}, 0)
         return maps if as_tensor else maps.cpu().numpy()
 
     def _check_create_graph(self, as_tensor: bool) -> None:
@@ -598,39 +604,24 @@ def _check_target_layers(model: nn.Module, target_layers: Any) -> list[nn.Module
 
 
 def check_input(input_tensor: Any, model: nn.Module) -> torch.Tensor:
-    """A float ``B x C x H x W`` (or ``x D``) tensor on the model's device, or a clear error."""
-    if not isinstance(input_tensor, torch.Tensor):
-        raise TypeError(
-            f"input_tensor must be a torch.Tensor, got {type(input_tensor).__name__}; convert "
-            "an image with pytorch_grad_cam.utils.image.preprocess_image."
-        )
-    if not input_tensor.is_floating_point():
-        raise TypeError(
-            f"input_tensor must be a float tensor, got dtype {input_tensor.dtype}; convert it "
-            "with input_tensor.float()."
-        )
-    if input_tensor.ndim not in (3, 4, 5):
-        raise ValueError(
-            f"input_tensor must have shape B x C x H x W (or B x C x D x H x W for volumes, "
-            f"B x C x L for signals), got shape {tuple(input_tensor.shape)}; add the batch "
-            "axis with input_tensor.unsqueeze(0)."
-        )
-    if input_tensor.ndim == 3 and _first_convolution_rank(model) == 2:
-        raise ValueError(
-            f"input_tensor has shape {tuple(input_tensor.shape)}, B x C x L like a signal, but "
-            "the model's first convolution is 2-D: for one image, add the batch axis with "
-            "input_tensor.unsqueeze(0)."
-        )
+    """A float ``B x C x H x W`` (or ``x D``, or ``B x C x L``) tensor with values on the
+    model's device, or a clear error (see ``utils.validation.check_input_tensor``)."""
     if torch.is_inference_mode_enabled():
         raise RuntimeError(
             "CAM methods cannot run inside torch.inference_mode(): the gradients they need "
             "cannot be recorded there. Call the CAM outside it (torch.no_grad() is fine)."
         )
-    if not bool(torch.isfinite(input_tensor).all()):
-        raise ValueError("input_tensor contains NaN or infinite values; check the preprocessing.")
-    device = model_device(model)
-    if device is not None and input_tensor.device != device:
-        input_tensor = input_tensor.to(device)
+    if (
+        isinstance(input_tensor, torch.Tensor)
+        and input_tensor.ndim == 3
+        and _first_convolution_rank(model) == 2
+    ):
+        raise ValueError(
+            f"input_tensor has shape {tuple(input_tensor.shape)}, B x C x L like a signal, but "
+            "the model's first convolution is 2-D: for one image, add the batch axis with "
+            "input_tensor.unsqueeze(0)."
+        )
+    input_tensor = check_input_tensor(input_tensor, model)
     if input_tensor.is_inference():
         input_tensor = input_tensor.clone()
     return input_tensor
@@ -642,15 +633,6 @@ def _first_convolution_rank(model: nn.Module) -> int | None:
         for convolution, rank in ((nn.Conv1d, 1), (nn.Conv2d, 2), (nn.Conv3d, 3)):
             if isinstance(module, convolution):
                 return rank
-    return None
-
-
-def model_device(model: nn.Module) -> torch.device | None:
-    """The device of the model's first parameter (or buffer); ``None`` for neither."""
-    for tensor in model.parameters():
-        return tensor.device
-    for tensor in model.buffers():
-        return tensor.device
     return None
 
 
@@ -726,15 +708,36 @@ def target_scores(output: Any, targets: Sequence[Target], selector: OutputSelect
         count = len(list(run))
         target = targets[start]
         if getattr(target, "rowwise", False) and isinstance(per_image, torch.Tensor):
-            block = torch.as_tensor(target(per_image[start : start + count]))
+            block = _as_score(target(per_image[start : start + count]), targets, start)
             scores.append(block.reshape(count, -1).sum(dim=1).float())
         else:
             scores.extend(
-                torch.as_tensor(target(per_image[row])).sum().float().reshape(1)
+                _as_score(target(per_image[row]), targets, row).sum().float().reshape(1)
                 for row in range(start, start + count)
             )
         start += count
     return torch.cat(scores)
+
+
+def _as_score(value: Any, targets: Sequence[Target], row: int) -> torch.Tensor:
+    """What ``targets[row]`` returned, as a real tensor; anything else is a TypeError."""
+    score = None
+    if not isinstance(value, (bool, np.bool_, str, bytes)) and value is not None:
+        try:
+            score = torch.as_tensor(value)
+        except (TypeError, ValueError, RuntimeError):
+            score = None
+    if score is not None and (score.is_floating_point() or score.dtype in _INTEGER_DTYPES):
+        return score
+    raise TypeError(
+        f"targets[{row}] ({type(targets[row]).__name__}) returned "
+        f"{type(value).__name__} {value!r:.60}, not a score: a target maps its image's model "
+        "output to a real tensor (or number) to explain, e.g. ClassifierOutputTarget(category) "
+        "returns model_output[category]."
+    )
+
+
+_INTEGER_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
 
 
 def per_image_outputs(output: Any, selector: OutputSelector) -> Any:
@@ -817,16 +820,3 @@ def detached_output(output: Any) -> Any:
             detached[key] = detached_output(value)
         return detached
     return output
-
-
-@contextmanager
-def model_in_eval_mode(model: nn.Module):
-    """Eval mode for the call (no dropout, no batch-norm statistics update); each module's
-    own flag is restored afterwards, also on error."""
-    flags = [(module, module.training) for module in model.modules()]
-    model.eval()
-    try:
-        yield
-    finally:
-        for module, training in flags:
-            module.training = training

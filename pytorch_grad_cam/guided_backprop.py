@@ -9,8 +9,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from pytorch_grad_cam.base_cam import is_integer, model_in_eval_mode
+from pytorch_grad_cam.base_cam import is_integer
 from pytorch_grad_cam.utils.model_outputs import OutputSelector, select_output
+from pytorch_grad_cam.utils.model_state import model_in_eval_mode
 
 
 class _GuidedReLUGate(torch.autograd.Function):
@@ -72,17 +73,18 @@ class GuidedBackpropReLUModel:
         image = input_img.detach().to(device).clone().requires_grad_(True)
         relus = [module for module in self.model.modules() if isinstance(module, RECTIFIERS)]
         handles = []
-        try:
-            handles = [relu.register_forward_hook(_guide) for relu in relus]
-            with model_in_eval_mode(self.model), torch.enable_grad():
+        # The hooks go on inside the model's lock: another thread's call waits for this one.
+        with model_in_eval_mode(self.model), torch.enable_grad():
+            try:
+                handles = [relu.register_forward_hook(_guide) for relu in relus]
                 # A copy goes in, so an in-place first operation does not touch the leaf.
                 scores = select_output(self.model(image.clone()), self.output_selector)
                 category = _category_index(target_category, scores)
                 score = scores.gather(1, category).sum()
                 (gradient,) = torch.autograd.grad(score, image)
-        finally:
-            for handle in handles:
-                handle.remove()
+            finally:
+                for handle in handles:
+                    handle.remove()
         result = gradient.permute(0, 2, 3, 1).float().cpu().numpy()
         return result[0] if result.shape[0] == 1 else result
 

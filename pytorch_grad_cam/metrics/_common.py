@@ -16,12 +16,12 @@ from pytorch_grad_cam.base_cam import (
     Target,
     check_targets,
     is_positive_int,
-    model_device,
     model_in_eval_mode,
     target_scores,
 )
 from pytorch_grad_cam.utils.model_outputs import OutputSelector, select_output
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputSoftmaxTarget
+from pytorch_grad_cam.utils.validation import check_input_tensor as validated_input
 
 #: ``fill(rows, start, stop)`` writes the perturbed inputs of jobs ``start:stop`` into
 #: ``rows`` (``stop - start`` rows of the reused buffer).
@@ -40,31 +40,8 @@ def check_model(model: Any, metric: str) -> nn.Module:
 
 
 def check_input_tensor(input_tensor: Any, model: nn.Module, metric: str) -> torch.Tensor:
-    """``input_tensor`` on the model's device, or an error that names it."""
-    if not isinstance(input_tensor, torch.Tensor):
-        raise TypeError(
-            f"{metric}: input_tensor must be a torch.Tensor, got "
-            f"{type(input_tensor).__name__}; convert an image with "
-            "pytorch_grad_cam.utils.image.preprocess_image."
-        )
-    if not input_tensor.is_floating_point():
-        raise TypeError(
-            f"{metric}: input_tensor must be a float tensor, got dtype {input_tensor.dtype}; "
-            "convert it with input_tensor.float()."
-        )
-    if input_tensor.ndim < 4:
-        raise ValueError(
-            f"{metric}: input_tensor must have shape B x C x H x W, got shape "
-            f"{tuple(input_tensor.shape)}; add the batch axis with input_tensor.unsqueeze(0)."
-        )
-    if not bool(torch.isfinite(input_tensor).all()):
-        raise ValueError(
-            f"{metric}: input_tensor contains NaN or infinite values; check the preprocessing."
-        )
-    device = model_device(model)
-    if device is not None and input_tensor.device != device:
-        input_tensor = input_tensor.to(device)
-    return input_tensor.detach()
+    """``input_tensor`` (images or volumes) on the model's device, or an error that names it."""
+    return validated_input(input_tensor, model, ndims=(4, 5), who=f"{metric}: ").detach()
 
 
 def check_cams(grayscale_cams: Any, input_tensor: torch.Tensor, metric: str) -> torch.Tensor:
