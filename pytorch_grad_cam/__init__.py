@@ -1,11 +1,34 @@
 """gradcam: Class Activation Map methods for PyTorch (import name ``pytorch_grad_cam``)."""
 
+# grad-cam 1.5.7's submodules are attributes of the package after a bare import, as there.
+from pytorch_grad_cam import (
+    ablation_cam_multilayer as ablation_cam_multilayer,
+)
+from pytorch_grad_cam import (
+    feature_factorization as feature_factorization,
+)
+from pytorch_grad_cam import (
+    fullgrad_cam as fullgrad_cam,
+)
+from pytorch_grad_cam import (
+    metrics as metrics,
+)
+from pytorch_grad_cam import (
+    utils as utils,
+)
 from pytorch_grad_cam.ablation_cam import AblationCAM
+from pytorch_grad_cam.ablation_layer import (
+    AblationLayer,
+    AblationLayerFasterRCNN,
+    AblationLayerVit,
+)
+from pytorch_grad_cam.activations_and_gradients import ActivationsAndGradients
 from pytorch_grad_cam.attention_rollout import AttentionRollout
 from pytorch_grad_cam.base_cam import BaseCAM
 from pytorch_grad_cam.deep_feature_factorization import DeepFeatureFactorization
 from pytorch_grad_cam.eigen_cam import EigenCAM
 from pytorch_grad_cam.eigen_grad_cam import EigenGradCAM
+from pytorch_grad_cam.feature_factorization.deep_feature_factorization import run_dff_on_image
 from pytorch_grad_cam.fem import FEM
 from pytorch_grad_cam.finer_cam import FinerCAM
 from pytorch_grad_cam.fullgrad import FullGrad
@@ -31,6 +54,10 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AblationCAM",
+    "AblationLayer",
+    "AblationLayerFasterRCNN",
+    "AblationLayerVit",
+    "ActivationsAndGradients",
     "AttentionRollout",
     "BaseCAM",
     "CAM",
@@ -56,4 +83,5 @@ __all__ = [
     "SmoothGradCAMpp",
     "SSCAM",
     "XGradCAM",
+    "run_dff_on_image",
 ]

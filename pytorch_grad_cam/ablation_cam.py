@@ -2,22 +2,30 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
-import ttach
 from torch import nn
 from tqdm.auto import tqdm
 
+from pytorch_grad_cam.ablation_layer import AblationLayer
 from pytorch_grad_cam.activations_and_gradients import is_tensor_mapping, split_first_tensor
-from pytorch_grad_cam.base_cam import LayerContext, ReshapeTransform
+from pytorch_grad_cam.base_cam import BaseCAM as BaseCAM  # re-exported: the incumbent's path
+from pytorch_grad_cam.base_cam import CamOptions, LayerContext, ReshapeTransform, check_input
 from pytorch_grad_cam.perturbation_cam import PerturbationCAM, check_batch_size
+from pytorch_grad_cam.utils.find_layers import (
+    replace_layer_recursive as replace_layer_recursive,  # re-exported: the incumbent's path
+)
 from pytorch_grad_cam.utils.maps import spatial_axes
-from pytorch_grad_cam.utils.model_outputs import OutputSelector
 from pytorch_grad_cam.utils.model_tail import TailUnavailable, TracedModel, repeat_rows
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 logger = logging.getLogger(__name__)
 
@@ -54,26 +62,29 @@ class AblationCAM(PerturbationCAM):
         model: nn.Module,
         target_layers: Sequence[nn.Module] | None = None,
         reshape_transform: ReshapeTransform | None = None,
-        tta_transforms: ttach.Compose | None = None,
-        output_selector: OutputSelector = None,
+        ablation_layer: AblationLayer | None = None,
         batch_size: int = 32,
         ratio_channels_to_ablate: float = 1.0,
-        progress_bar: bool = False,
         *,
-        target_layer: nn.Module | None = None,
-        use_cuda: bool | None = None,
+        progress_bar: bool = False,
+        **options: Unpack[CamOptions],
     ) -> None:
         super().__init__(
             model,
             target_layers,
             reshape_transform,
-            tta_transforms,
-            output_selector,
-            batch_size,
-            progress_bar,
-            target_layer=target_layer,
-            use_cuda=use_cuda,
+            batch_size=batch_size,
+            progress_bar=progress_bar,
+            **options,
         )
+        if ablation_layer is not None and not isinstance(ablation_layer, AblationLayer):
+            raise TypeError(
+                "ablation_layer must be an AblationLayer (AblationLayer, AblationLayerVit, "
+                "AblationLayerFasterRCNN from pytorch_grad_cam.ablation_layer), got "
+                f"{type(ablation_layer).__name__}."
+            )
+        #: What an ablated channel becomes (the default, :class:`AblationLayer`: 0).
+        self.ablation_layer = AblationLayer() if ablation_layer is None else ablation_layer
         self.ratio_channels_to_ablate = ratio_channels_to_ablate
         #: For each target layer, the path the last call took: "tail" or "full forward".
         self.ablation_paths: list[str] = []
@@ -81,6 +92,62 @@ class AblationCAM(PerturbationCAM):
         #: Whether this call's forward pass ran through the traced model.
         self._traced_inputs = False
         self._trace_failure: str | None = None
+
+    # ----------------------------------------------------------------- the incumbent's API
+    def get_cam_weights(
+        self,
+        input_tensor: torch.Tensor,
+        target_layer: nn.Module,
+        targets: Sequence[Any] | None,
+        activations: Any,
+        grads: Any,
+    ) -> np.ndarray:
+        """The incumbent's numpy hook (see ``BaseCAM.get_cam_weights``): ``B x C`` weights.
+        Every ablation runs the whole model with ``target_layer``'s output replaced."""
+        activations_t = torch.as_tensor(np.asarray(activations), device=self.device).float()
+        input_tensor = check_input(input_tensor, self.model)
+        if targets is None:
+            with torch.no_grad():
+                targets = self._top_classes(self._call_model(input_tensor))
+        with torch.no_grad():
+            scores = self._target_scores(self._call_model(input_tensor), list(targets))
+        context = LayerContext(
+            model=self.model,
+            layer=target_layer,
+            layer_index=0,
+            input_tensor=input_tensor,
+            targets=list(targets),
+            target_scores=scores.detach(),
+            layer_output=activations_t,
+            reshape_transform=None,
+        )
+        traced, failure = self._traced, self._trace_failure
+        self._traced, self._trace_failure = None, "weights asked for from numpy activations"
+        try:
+            weights = self.layer_weights(activations_t, None, context)
+        finally:
+            self._traced, self._trace_failure = traced, failure
+        return weights.flatten(1).cpu().numpy()
+
+    def assemble_ablation_scores(
+        self,
+        new_scores: list,
+        original_score: float,
+        ablated_channels: np.ndarray,
+        number_of_channels: int,
+    ) -> np.ndarray:
+        """One score per channel: ``new_scores[i]`` for ``ablated_channels[i]``, the
+        ``original_score`` for the channels that were not ablated."""
+        scores = np.full(number_of_channels, float(original_score), dtype=np.float32)
+        scores[np.asarray(ablated_channels, dtype=np.int64)] = np.asarray(
+            [float(score) for score in new_scores], dtype=np.float32
+        )
+        return scores
+
+    def save_activation(self, module: nn.Module, input: Any, output: Any) -> None:
+        """A forward hook that keeps ``output`` as ``self.activations`` (detached)."""
+        tensor, _ = split_first_tensor(output)
+        self.activations = (tensor if tensor is not None else output).detach()
 
     # ----------------------------------------------------------------- forward pass
     def _run_model(self, input_tensor: torch.Tensor) -> Any:
@@ -109,23 +176,26 @@ class AblationCAM(PerturbationCAM):
                 self._traced.release()
 
     # ----------------------------------------------------------------- the weights
-    def get_cam_weights(
+    def layer_weights(
         self, activations: torch.Tensor, gradients: torch.Tensor | None, context: LayerContext
     ) -> torch.Tensor:
         _check_ratio(self.ratio_channels_to_ablate)
-        _check_one_tensor(context)
         batch, channels = activations.shape[:2]
         chosen = self._channels_to_ablate(activations)  # B x k, on the device
-        # Zeroing a channel that is already all zero changes nothing (y_k = y): those rows
-        # are not run. Their count per image is read once (one sync per layer and call).
-        active = activations.flatten(2).ne(0).any(dim=2).gather(1, chosen)
+        value = self.ablation_layer.ablation_value(context.layer_output)  # one sync per layer
+        if value == 0:
+            # Zeroing a channel that is already all zero changes nothing (y_k = y): those
+            # rows are not run. Their count per image is read once per layer and call.
+            active = activations.flatten(2).ne(0).any(dim=2).gather(1, chosen)
+        else:
+            active = torch.ones_like(chosen, dtype=torch.bool)
         image_rows = [b for b, count in enumerate(active.sum(dim=1).tolist()) for _ in range(count)]
         weight_shape = (batch, channels, *[1] * len(spatial_axes(activations)))
         if not image_rows:
             return activations.new_zeros(weight_shape)
         channel_rows = chosen[active]  # image 0's active channels, then image 1's, ...
-        positions = _channel_positions(context, channels)  # C x P positions in one image
-        scores, ablated = self._ablated_scores(context, image_rows, channel_rows, positions)
+        ablation = _Ablation(context, channels, value)
+        scores, ablated = self._ablated_scores(context, image_rows, channel_rows, ablation)
         scores = scores.to(activations.device)
         ablated_scores = scores[:, None].expand(batch, channels).clone()
         image_of_row = torch.arange(batch, device=chosen.device)[:, None].expand_as(chosen)
@@ -149,29 +219,33 @@ class AblationCAM(PerturbationCAM):
         context: LayerContext,
         image_rows: list[int],
         channel_rows: torch.Tensor,
-        positions: torch.Tensor,
+        ablation: _Ablation,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Each image's unablated score, and the score of every (image, channel) row with
-        that channel set to zero, both computed by the same path."""
+        that channel ablated, both computed by the same path."""
         batch_size = min(check_batch_size(self.batch_size), len(image_rows))
-        run, path, scores = self._ablation_runner(context, batch_size)
+        run, path, scores = self._ablation_runner(context, batch_size, ablation)
         self.ablation_paths.append(path)
         logger.debug("AblationCAM target_layers[%d]: %s path", context.layer_index, path)
         chunks = []
         starts = range(0, len(image_rows), batch_size)
+        # A pyramid's levels are ablated channel by channel from the host: one sync here.
+        channels = channel_rows.tolist() if ablation.levels is not None else channel_rows
         with torch.inference_mode():
             for start in tqdm(starts, desc="AblationCAM", disable=not self.progress_bar):
                 rows = image_rows[start : start + batch_size]
-                output = run(rows, positions[channel_rows[start : start + batch_size]])
+                output = run(rows, channels[start : start + batch_size])
                 chunks.append(self._target_scores(output, [context.targets[r] for r in rows]))
         return scores, torch.cat(chunks)
 
-    def _ablation_runner(self, context: LayerContext, batch_size: int):
-        """A function (rows, zeroed positions) -> model output, its path name, and
+    def _ablation_runner(self, context: LayerContext, batch_size: int, ablation: _Ablation):
+        """A function (rows, ablated channels) -> model output, its path name, and
         each image's unablated score computed by that path."""
         traced = self._traced
         problem = self._trace_failure
-        if traced is not None and not self._traced_inputs:
+        if ablation.levels is not None:
+            problem = "the layer outputs a feature-pyramid mapping"
+        elif traced is not None and not self._traced_inputs:
             problem = "the model takes extra_inputs / model_kwargs, which the tail does not"
         elif traced is not None:
             problem = traced.tail_problem(context.layer_index)
@@ -186,18 +260,20 @@ class AblationCAM(PerturbationCAM):
                 (batch_size, *tensor.shape[1:]), dtype=tensor.dtype, device=tensor.device
             )
 
-            def run_tail(rows: list[int], zeroed: torch.Tensor) -> Any:
-                ablated = _zero_positions(repeat_rows(tensor, rows, buffer[: len(rows)]), zeroed)
-                return traced.run_tail(context.layer_index, rebuild(ablated), rows)
+            def run_tail(rows: list[int], channels: torch.Tensor) -> Any:
+                copies = ablation(repeat_rows(tensor, rows, buffer[: len(rows)]), channels)
+                return traced.run_tail(context.layer_index, rebuild(copies), rows)
 
             return run_tail, TAIL_PATH, tail_scores
 
         logger.debug("AblationCAM: no tail for target_layers[%d]: %s", context.layer_index, problem)
 
-        def run_full_forward(rows: list[int], zeroed: torch.Tensor) -> Any:
+        def run_full_forward(rows: list[int], channels: Any) -> Any:
             def replace_output(module: nn.Module, inputs: Any, output: Any) -> Any:
+                if ablation.levels is not None:
+                    return ablation.levels_ablated(output, channels)
                 tensor, rebuild = split_first_tensor(output)
-                return rebuild(_zero_positions(tensor.clone(), zeroed))
+                return rebuild(ablation(tensor.clone(), channels))
 
             handle = context.layer.register_forward_hook(replace_output)
             try:
@@ -240,33 +316,21 @@ def _check_ratio(ratio: Any) -> None:
         )
 
 
-def _check_one_tensor(context: LayerContext) -> None:
-    """A mapping of tensors (a feature pyramid) has no channels of its own to set to zero."""
-    if is_tensor_mapping(context.layer_output):
-        layer = type(context.layer).__name__
-        raise ValueError(
-            "AblationCAM needs a layer whose output is one tensor, to set its channels to "
-            f"zero; target_layers[{context.layer_index}] ({layer}) outputs a mapping "
-            f"({type(context.layer_output).__name__}) of tensors (keys "
-            f"{list(context.layer_output.keys())}). Use a level of the pyramid, e.g. "
-            "model.backbone.fpn.layer_blocks[0], or GradCAM / EigenCAM / ScoreCAM, which "
-            "take the mapping with its reshape_transform."
-        )
-
-
-def _channel_positions(context: LayerContext, channels: int) -> torch.Tensor:
+def channel_positions(
+    layer_output: torch.Tensor, channels: int, reshape_transform: ReshapeTransform | None
+) -> torch.Tensor:
     """``C x P``: where each channel of the (reshaped) activations lies in one image's raw
     layer output, found by passing element indices through ``reshape_transform``."""
-    raw = context.layer_output[:1]
+    raw = layer_output[:1]
     index = torch.arange(raw.numel(), device=raw.device, dtype=torch.float64).view(raw.shape)
-    if context.reshape_transform is None:
+    if reshape_transform is None:
         return index.view(channels, -1).long()
-    mapped = context.reshape_transform(index)
+    mapped = reshape_transform(index)
     is_index = mapped.shape[1] == channels and bool(
         ((mapped >= 0) & (mapped < raw.numel()) & (mapped == mapped.round())).all()
     )
     if not is_index or not torch.equal(
-        context.reshape_transform(raw).float(), raw.reshape(-1)[mapped.long()].float()
+        reshape_transform(raw).float(), raw.reshape(-1)[mapped.long()].float()
     ):
         raise ValueError(
             "AblationCAM needs a reshape_transform that only rearranges or drops elements "
@@ -276,8 +340,50 @@ def _channel_positions(context: LayerContext, channels: int) -> torch.Tensor:
     return mapped[0].reshape(channels, -1).long()
 
 
-def _zero_positions(rows: torch.Tensor, zeroed: torch.Tensor) -> torch.Tensor:
-    """Set the flat positions ``zeroed[r]`` of each row ``r`` (one image) to zero, in place
-    (``rows`` is always a copy the caller made)."""
-    rows.view(rows.shape[0], -1).scatter_(1, zeroed, 0)
-    return rows
+class _Ablation:
+    """Ablates channels of copies of one layer's output: channel ``k`` of the (reshaped)
+    activations, traced back to the raw output, set to ``value``."""
+
+    def __init__(self, context: LayerContext, channels: int, value: float):
+        self.value = value
+        output = context.layer_output
+        self.levels: list[tuple[Any, int]] | None = None
+        if is_tensor_mapping(output):
+            self.levels = _level_channels(context, output, channels)
+            self.positions = None
+        else:
+            # C x P positions in one image
+            self.positions = channel_positions(output, channels, context.reshape_transform)
+
+    def __call__(self, rows: torch.Tensor, channels: torch.Tensor) -> torch.Tensor:
+        """Set the positions of channel ``channels[r]`` of each row ``r`` (one image's
+        output) to the value, in place (``rows`` is always a copy the caller made)."""
+        rows.view(rows.shape[0], -1).scatter_(1, self.positions[channels], self.value)
+        return rows
+
+    def levels_ablated(self, output: Any, channels: list[int]) -> Any:
+        """A copy of the mapping ``output`` (a batch of copies of one image each) with
+        channel ``channels[r]`` of the levels concatenated in order ablated in row ``r``."""
+        ablated = copy.copy(output)
+        for key, level in output.items():
+            ablated[key] = level.clone()
+        for row, channel in enumerate(channels):
+            key, local = self.levels[channel]
+            ablated[key][row, local] = self.value
+        return ablated
+
+
+def _level_channels(context: LayerContext, output: Any, channels: int) -> list[tuple[Any, int]]:
+    """``(level key, channel)`` for each channel of the levels concatenated in order, the
+    layout ``fasterrcnn_reshape_transform`` makes."""
+    pairs = [(key, c) for key, level in output.items() for c in range(level.shape[1])]
+    if len(pairs) != channels:
+        layer = type(context.layer).__name__
+        raise ValueError(
+            f"AblationCAM: target_layers[{context.layer_index}] ({layer}) outputs a mapping "
+            f"of {len(pairs)} channels in all, but its reshape_transform gives {channels}; "
+            "ablating a feature pyramid needs a transform that concatenates the levels' "
+            "channels in order, such as fasterrcnn_reshape_transform, or use a level of the "
+            "pyramid as the target layer."
+        )
+    return pairs

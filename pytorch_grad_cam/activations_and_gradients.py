@@ -118,3 +118,115 @@ def map_tensors(function: Callable[[torch.Tensor], torch.Tensor], value: Any) ->
     for key, tensor in value.items():
         mapped[key] = function(tensor)
     return mapped
+
+
+def check_reached(outputs: list[Any], layers: Sequence[nn.Module]) -> list[Any]:
+    """Every target layer's recorded output, or an error naming the layer never reached."""
+    for index, (output, layer) in enumerate(zip(outputs, layers)):
+        if output is None:
+            raise ValueError(
+                f"target_layers[{index}] ({type(layer).__name__}) was never reached by the "
+                "forward pass, so it has no activations; pick a layer that the model's "
+                "forward() actually calls."
+            )
+    return outputs
+
+
+class ActivationsAndGradients:
+    """The incumbent's recorder: run the model, keep each target layer's activations and,
+    after a backward pass, their gradients.
+
+    ``activations[i]`` is the output of ``target_layers[i]`` in the last call (after
+    ``reshape_transform``), ``gradients[i]`` its gradient once ``backward()`` has run
+    through it; both detached and on the CPU with ``detach=True`` (the default), with
+    their graph and on the device otherwise. The hooks are registered when the object is
+    made and stay until :meth:`release` (or the end of a ``with`` block): a tool for code
+    written against grad-cam 1.5.7. The package's methods record with
+    :class:`LayerRecorder`, whose hooks exist only during a call.
+
+    Args:
+        model: the model to run.
+        target_layers: the modules to record.
+        reshape_transform: applied to each activation and gradient, or ``None``.
+        detach: detach and move to the CPU what is recorded.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        target_layers: Sequence[nn.Module],
+        reshape_transform: Callable[[torch.Tensor], torch.Tensor] | None,
+        detach: bool = True,
+    ) -> None:
+        self.model = model
+        self.target_layers = list(target_layers)
+        self.reshape_transform = reshape_transform
+        self.detach = detach
+        self.activations: list[Any] = []
+        self.gradients: list[Any] = []
+        self.handles: list[torch.utils.hooks.RemovableHandle] = []
+        try:
+            for layer in self.target_layers:
+                self.handles.append(layer.register_forward_hook(self.save_activation))
+                self.handles.append(layer.register_forward_hook(self.save_gradient))
+        except BaseException:
+            self.release()
+            raise
+
+    def save_activation(self, module: nn.Module, input: Any, output: Any) -> None:
+        """Forward hook: keep ``output`` (reshaped, detached with ``detach``)."""
+        self.activations.append(self._kept(_first_tensor(module, output)))
+
+    def save_gradient(self, module: nn.Module, input: Any, output: Any) -> None:
+        """Forward hook: have ``output``'s gradient kept when backward reaches it."""
+        tensor = _first_tensor(module, output)
+        if not isinstance(tensor, torch.Tensor) or not tensor.requires_grad:
+            return  # no gradient will flow to it
+
+        def store(gradient: torch.Tensor) -> None:
+            # Backward visits the layers in reverse: prepending keeps forward order.
+            self.gradients = [self._kept(gradient), *self.gradients]
+
+        tensor.register_hook(store)
+
+    def _kept(self, tensor: torch.Tensor) -> torch.Tensor:
+        if self.reshape_transform is not None:
+            tensor = self.reshape_transform(tensor)
+        return tensor.detach().cpu() if self.detach else tensor
+
+    def __call__(self, x: torch.Tensor) -> Any:
+        """Run ``model(x)`` with fresh lists; returns the model's output."""
+        self.clear()
+        return self.model(x)
+
+    def clear(self) -> None:
+        """Forget what was recorded."""
+        self.activations = []
+        self.gradients = []
+
+    def release(self) -> None:
+        """Remove the hooks (idempotent)."""
+        for handle in self.handles:
+            handle.remove()
+        self.handles = []
+
+    def __enter__(self) -> ActivationsAndGradients:
+        """The recorder itself; leaving the block releases the hooks."""
+        return self
+
+    def __exit__(self, exc_type: Any, exc_value: Any, exc_tb: Any) -> bool:
+        """Release the hooks; never swallow an exception."""
+        self.release()
+        return False
+
+
+def _first_tensor(module: nn.Module, output: Any) -> Any:
+    tensor, _ = split_first_tensor(output)
+    if tensor is None:
+        if is_tensor_mapping(output):
+            return output
+        raise TypeError(
+            f"{type(module).__name__} returned {type(output).__name__}, which holds no tensor "
+            "to record; pick a layer that outputs a tensor."
+        )
+    return tensor

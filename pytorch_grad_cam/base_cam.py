@@ -4,7 +4,8 @@ One call runs, in torch on the model's device:
 
     model output -> targets -> per-layer weights (the method) -> weighted activations
     -> channel sum, or first principal component (eigen_smooth) -> ReLU
-    -> resize to the input's spatial size -> per-image [0, 1] scaling -> mean over layers
+    -> per-layer [0, 1] scaling -> resize to the input's spatial size -> mean over
+    layers -> per-image [0, 1] scaling
 
 A target layer may output a mapping of tensors (a feature pyramid); its gradient is
 then a mapping too, and the ``reshape_transform`` turns both into ``B x C x H x W``.
@@ -12,22 +13,21 @@ then a mapping too, and the ``reshape_transform`` turns both into ``B x C x H x 
 The user's model is left as it was found: hooks exist only during a call, the
 modules' train/eval flags are restored, gradients are taken with
 ``torch.autograd.grad`` with respect to the activations only, so no parameter's
-``.grad`` is touched.
+``.grad`` is touched. Calls on one model are serialised (``utils.model_state``).
+
+Code written for grad-cam 1.5.7 extends ``BaseCAM`` through numpy hooks
+(``get_cam_weights``, ``get_cam_image``, ...); :mod:`pytorch_grad_cam.incumbent_hooks`
+runs those, and the tensor pipeline here stays the fast path.
 """
 
 from __future__ import annotations
 
 import contextlib
-import copy
 import functools
 import inspect
-import itertools
-import numbers
-import os
-import warnings
-from collections.abc import Mapping, MutableMapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, TypedDict
 
 import numpy as np
 import torch
@@ -35,26 +35,79 @@ import ttach
 from torch import nn
 
 from pytorch_grad_cam.activations_and_gradients import (
+    ActivationsAndGradients as ActivationsAndGradients,  # re-exported: the incumbent's path
+)
+from pytorch_grad_cam.activations_and_gradients import (
     LayerRecorder,
+    check_reached,
     is_tensor_mapping,
     map_tensors,
 )
+from pytorch_grad_cam.incumbent_hooks import IncumbentHooks, overridden_hooks
+from pytorch_grad_cam.utils.caller_warnings import warn_at_caller, warn_deprecated
+from pytorch_grad_cam.utils.image import scale_cam_image as scale_cam_image  # re-exported
 from pytorch_grad_cam.utils.maps import first_principal_component, resize_maps, scale_to_unit_range
-from pytorch_grad_cam.utils.model_outputs import OutputSelector, select_output
+from pytorch_grad_cam.utils.model_outputs import OutputSelector
+from pytorch_grad_cam.utils.model_state import detached_output, model_in_eval_mode
 from pytorch_grad_cam.utils.model_state import model_device as model_device  # re-exported
-from pytorch_grad_cam.utils.model_state import model_in_eval_mode
 from pytorch_grad_cam.utils.model_tail import repeat_rows
-from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+from pytorch_grad_cam.utils.model_targets import (
+    ClassifierOutputTarget as ClassifierOutputTarget,  # re-exported: the incumbent's path
+)
+from pytorch_grad_cam.utils.model_targets import Target
 from pytorch_grad_cam.utils.reshape_transforms import (
+    ReshapeTransform,
     channels_last_to_first,
     infer_reshape_transform,
     infer_token_grid,
     tokens_to_grid,
 )
-from pytorch_grad_cam.utils.validation import check_input_tensor
+from pytorch_grad_cam.utils.scoring import layer_gradients, target_scores, top_class_targets
+from pytorch_grad_cam.utils.svd_on_activations import (
+    get_2d_projection as get_2d_projection,  # re-exported: the incumbent's path
+)
+from pytorch_grad_cam.utils.validation import (
+    categories_to_targets,
+    check_cam_input,
+    check_target_layers,
+    check_targets,
+    is_integer,
+    is_positive_int,
+    looks_like_categories,
+)
 
-ReshapeTransform = Callable[[torch.Tensor], torch.Tensor]
-Target = Callable[[Any], torch.Tensor]
+if TYPE_CHECKING:
+    pass
+
+# Names other modules and users import from here.
+__all__ = [
+    "ActivationsAndGradients",
+    "BaseCAM",
+    "CamOptions",
+    "ClassifierOutputTarget",
+    "InferredReshapeWarning",
+    "LayerContext",
+    "ReshapeTransform",
+    "Target",
+    "check_input",
+    "check_targets",
+    "default_tta_transforms",
+    "detached_output",
+    "get_2d_projection",
+    "is_integer",
+    "is_positive_int",
+    "layer_gradients",
+    "looks_like_categories",
+    "model_device",
+    "model_in_eval_mode",
+    "scale_cam_image",
+    "target_scores",
+    "warn_at_caller",
+    "warn_deprecated",
+]
+
+#: The input check of every CAM method (``utils.validation.check_cam_input``).
+check_input = check_cam_input
 
 
 class InferredReshapeWarning(UserWarning):
@@ -64,6 +117,15 @@ class InferredReshapeWarning(UserWarning):
 def default_tta_transforms() -> ttach.Compose:
     """Horizontal flip x multiply by 0.9 / 1.0 / 1.1: six passes."""
     return ttach.Compose([ttach.HorizontalFlip(), ttach.Multiply(factors=[0.9, 1.0, 1.1])])
+
+
+class CamOptions(TypedDict, total=False):
+    """The keyword-only options every method takes besides its own (``**options``)."""
+
+    tta_transforms: ttach.Compose | None
+    output_selector: OutputSelector
+    target_layer: nn.Module | None
+    use_cuda: bool | None
 
 
 @dataclass
@@ -110,7 +172,7 @@ class LayerContext:
     reshape_transform: ReshapeTransform | None
 
 
-class BaseCAM:
+class BaseCAM(IncumbentHooks):
     """Class activation maps for ``target_layers`` of ``model``.
 
     Args:
@@ -125,8 +187,15 @@ class BaseCAM:
             ``B x N x C`` (ViT, DeiT, register tokens) and channels-last ``B x H x W x C``
             outputs (Swin) are reshaped by an inferred transform, with a warning once
             per layer naming it; other layouts are used as they are.
+        compute_input_gradient: record autograd from the input, so that the input's
+            gradient is computed too; a subclass reads it as ``input_tensor.grad`` in its
+            hooks (the maps themselves do not change).
+        uses_gradients: ``False`` for a gradient-free subclass (no backward pass).
         tta_transforms: a ``ttach.Compose`` used by ``aug_smooth=True`` instead of the
             default (horizontal flip x multiply by 0.9 / 1.0 / 1.1).
+        detach: ``False`` keeps the autograd graph through the activations and
+            gradients that a subclass's hooks receive (as tensors, not numpy arrays), and
+            through the maps returned with ``as_tensor=True``.
         output_selector: which part of the model's output holds the scores, when the
             model returns a tuple, dict or ``ModelOutput`` and the default rule (a
             ``.logits`` attribute, a ``"logits"`` / ``"out"`` key, the first tensor of a
@@ -134,6 +203,10 @@ class BaseCAM:
 
     Deprecated spellings ``target_layer=module`` and ``use_cuda=`` are accepted with a
     ``DeprecationWarning``; the computation runs wherever the model's parameters are.
+
+    A method subclasses ``BaseCAM`` and replaces one step: :meth:`layer_weights` (most),
+    :meth:`weighted_activations` (methods that do more than weight). See
+    ``docs/ARCHITECTURE.md``.
     """
 
     #: Whether the method needs the gradients of the target score.
@@ -153,9 +226,12 @@ class BaseCAM:
         model: nn.Module,
         target_layers: Sequence[nn.Module] | None = None,
         reshape_transform: ReshapeTransform | None = None,
+        compute_input_gradient: bool = False,
+        uses_gradients: bool = True,
         tta_transforms: ttach.Compose | None = None,
-        output_selector: OutputSelector = None,
+        detach: bool = True,
         *,
+        output_selector: OutputSelector = None,
         target_layer: nn.Module | None = None,
         use_cuda: bool | None = None,
     ) -> None:
@@ -184,8 +260,12 @@ class BaseCAM:
             # all of it.
             model = model.module
         self.model = model
-        self.target_layers = _check_target_layers(model, target_layers)
+        self.target_layers = check_target_layers(model, target_layers)
         self.reshape_transform = reshape_transform
+        self.compute_input_gradient = bool(compute_input_gradient)
+        if not uses_gradients:  # a subclass's own class attribute stands otherwise
+            self.uses_gradients = False
+        self.detach = bool(detach)
         self.tta_transforms = (
             tta_transforms if tta_transforms is not None else default_tta_transforms()
         )
@@ -194,9 +274,16 @@ class BaseCAM:
         self._announced_layers: set[int] = set()
         self._create_graph = False
         self._model_inputs = ModelInputs((), {}, 0)
+        #: Which of the incumbent's numpy hooks this class's own code overrides.
+        self._incumbent_overrides = overridden_hooks(type(self))
+
+    @property
+    def device(self) -> torch.device | None:
+        """Where the model's parameters are, and so where the CAM runs."""
+        return model_device(self.model)
 
     # ----------------------------------------------------------------- the method's part
-    def get_cam_weights(
+    def layer_weights(
         self,
         activations: torch.Tensor,
         gradients: torch.Tensor | None,
@@ -205,9 +292,13 @@ class BaseCAM:
         """Weights for one layer, broadcastable to ``activations`` (``B x C x *spatial``).
 
         Channel weights have shape ``B x C x 1 x 1`` (or ``x 1`` more for 3-D); element-wise
-        weights have the activations' shape. Both inputs are float32.
+        weights have the activations' shape. Both inputs are float32 tensors on the model's
+        device. This is the step most methods replace.
         """
-        raise NotImplementedError
+        raise NotImplementedError(
+            f"{type(self).__name__} must define layer_weights(activations, gradients, "
+            "context) (or the incumbent's get_cam_weights / get_cam_image)."
+        )
 
     def weighted_activations(
         self,
@@ -216,7 +307,7 @@ class BaseCAM:
         context: LayerContext,
     ) -> torch.Tensor:
         """``weights * activations``; methods that do more than weight override this."""
-        return self.get_cam_weights(activations, gradients, context) * activations
+        return self.layer_weights(activations, gradients, context) * activations
 
     # ----------------------------------------------------------------- the public call
     def __call__(
@@ -271,35 +362,68 @@ class BaseCAM:
                 "target_category= is deprecated; pass "
                 "targets=[ClassifierOutputTarget(category), ...], one per image."
             )
+        plain_call = not (create_graph or as_tensor or extra_inputs or model_kwargs) and scale
+        overrides = self._incumbent_overrides
+        if plain_call and target_category is None:
+            # A subclass written for the incumbent that replaced its entry points.
+            if aug_smooth and "forward_augmentation_smoothing" in overrides:
+                return self.forward_augmentation_smoothing(input_tensor, targets, eigen_smooth)
+            if not aug_smooth and "forward" in overrides:
+                return self.forward(input_tensor, targets, eigen_smooth)
+        return self._explain(
+            input_tensor,
+            targets,
+            aug_smooth,
+            eigen_smooth,
+            scale=scale,
+            as_tensor=as_tensor,
+            create_graph=create_graph,
+            extra_inputs=extra_inputs,
+            model_kwargs=model_kwargs,
+            target_category=target_category,
+        )
+
+    def _explain(
+        self,
+        input_tensor: torch.Tensor,
+        targets: Sequence[Target] | None,
+        aug_smooth: bool,
+        eigen_smooth: bool,
+        *,
+        scale: bool = True,
+        as_tensor: bool = False,
+        create_graph: bool = False,
+        extra_inputs: Sequence[Any] = (),
+        model_kwargs: Mapping[str, Any] | None = None,
+        target_category: Any = None,
+    ) -> np.ndarray | torch.Tensor:
+        """The call, checked and run: see :meth:`__call__`."""
         input_tensor = check_input(input_tensor, self.model)
         batch_size = input_tensor.shape[0]
-        targets = (
-            _categories_to_targets(target_category, batch_size) if targets is None else targets
-        )
+        targets = categories_to_targets(target_category, batch_size) if targets is None else targets
         if targets is not None:
             targets = check_targets(targets, batch_size)
-
         if create_graph:
             self._check_create_graph(as_tensor)
-        if extra_inputs or model_kwargs:
-            if not self.supports_extra_inputs:
-                raise ValueError(
-                    f"{type(self).__name__} does not take extra_inputs / model_kwargs yet; "
-                    "wrap the model in a module whose forward takes the image alone."
-                )
+        if (extra_inputs or model_kwargs) and not self.supports_extra_inputs:
+            raise ValueError(
+                f"{type(self).__name__} does not take extra_inputs / model_kwargs yet; "
+                "wrap the model in a module whose forward takes the image alone."
+            )
         if aug_smooth and input_tensor.ndim == 3:
             raise ValueError(
                 "aug_smooth=True flips and rescales images with ttach; a B x C x L signal has "
                 "no such augmentations here. Call without aug_smooth."
             )
-        recording = torch.enable_grad() if create_graph else contextlib.nullcontext()
+        keep_graph = create_graph or not self.detach
+        recording = torch.enable_grad() if keep_graph else contextlib.nullcontext()
         # The call's state lives on self only inside the model's lock: another thread's
         # call through this object (or on this model) waits until it is reset.
         with model_in_eval_mode(self.model), recording:
             self._model_inputs = ModelInputs(
                 tuple(extra_inputs), dict(model_kwargs or {}), batch_size
             )
-            self._create_graph = create_graph
+            self._create_graph = keep_graph
             try:
                 if aug_smooth:
                     maps = self._augmented_maps(input_tensor, targets, eigen_smooth, scale)
@@ -308,7 +432,9 @@ class BaseCAM:
             finally:
                 self._create_graph = False
                 self._model_inputs = ModelInputs((), {}, 0)
-        return maps if as_tensor else maps.cpu().numpy()
+        if as_tensor:
+            return maps
+        return maps.detach().cpu().numpy()
 
     def _check_create_graph(self, as_tensor: bool) -> None:
         if not self.supports_create_graph:
@@ -333,8 +459,20 @@ class BaseCAM:
         scale: bool,
     ) -> torch.Tensor:
         """One pass: ``B x *spatial`` maps at the input's size, averaged over layers."""
+        layer_maps = self._layer_maps(input_tensor, targets, eigen_smooth)
+        return self.combine_layer_maps(layer_maps, self._map_size(input_tensor), scale)
+
+    def _layer_maps(
+        self,
+        input_tensor: torch.Tensor,
+        targets: Sequence[Target] | None,
+        eigen_smooth: bool,
+    ) -> list[torch.Tensor]:
+        """Each target layer's rectified map, at the layer's own resolution."""
         layer_outputs, gradients, targets, scores = self._forward(input_tensor, targets)
         size = input_tensor.shape[2:]
+        if self.compute_input_gradient:
+            input_tensor = self._input_with_gradient
         layer_maps = []
         for index, (layer_output, gradient) in enumerate(zip(layer_outputs, gradients)):
             transform = self._layer_transform(index, layer_output, size)
@@ -352,15 +490,36 @@ class BaseCAM:
             if gradient is not None:
                 gradient = self._reshape(index, gradient, transform, len(size))
             layer_maps.append(self._layer_map(activations, gradient, eigen_smooth, context))
-        return self._combine_layer_maps(layer_maps, size, scale)
+        return layer_maps
 
-    def _combine_layer_maps(
+    def _map_size(self, input_tensor: torch.Tensor) -> tuple[int, ...]:
+        """The size of the maps: the input's spatial size, or what a subclass's
+        ``get_target_width_height`` says (it gives OpenCV's ``(width, height)`` order)."""
+        if "get_target_width_height" in self._incumbent_overrides:
+            return tuple(int(s) for s in reversed(self.get_target_width_height(input_tensor)))
+        return tuple(input_tensor.shape[2:])
+
+    def combine_layer_maps(
         self, layer_maps: list[torch.Tensor], size: Sequence[int], scale: bool
     ) -> torch.Tensor:
         """The layers' maps (each at its layer's resolution) as one ``B x *size`` map: each
-        resized to the input's size, scaled to [0, 1] (``scale``), then averaged."""
-        resized = [resize_maps(layer_map, size) for layer_map in layer_maps]
-        return torch.stack([scale_to_unit_range(m) if scale else m for m in resized]).mean(dim=0)
+        scaled to [0, 1] (``scale``) and resized to the input's size, then averaged and
+        scaled to [0, 1] again (as grad-cam 1.5.7 does); with ``scale=False`` the raw maps
+        resized and averaged. A method that combines layers otherwise replaces this step
+        (RefineCAM)."""
+        if scale and "aggregate_multi_layers" in self._incumbent_overrides:
+            per_layer = [resize_maps(scale_to_unit_range(m), size) for m in layer_maps]
+            combined = self.aggregate_multi_layers(
+                [m.detach().cpu().numpy()[:, None] for m in per_layer]
+            )
+            device = per_layer[0].device
+            return torch.as_tensor(np.asarray(combined, dtype=np.float32), device=device)
+        if not scale:
+            return torch.stack([resize_maps(m, size) for m in layer_maps]).mean(dim=0)
+        resized = [resize_maps(scale_to_unit_range(m), size) for m in layer_maps]
+        if len(resized) == 1:
+            return scale_to_unit_range(resized[0])
+        return scale_to_unit_range(torch.stack(resized).mean(dim=0))
 
     def _layer_map(
         self,
@@ -369,12 +528,26 @@ class BaseCAM:
         eigen_smooth: bool,
         context: LayerContext,
     ) -> torch.Tensor:
+        """One layer's rectified map: the method's weighted activations, reduced over the
+        channels (their sum, or their first principal component)."""
+        if self._incumbent_overrides & {"get_cam_image", "get_cam_weights"}:
+            reduced = self._incumbent_layer_map(activations, gradients, eigen_smooth, context)
+            return torch.relu(reduced)
+        return torch.relu(self._reduced_map(activations, gradients, eigen_smooth, context))
+
+    def _reduced_map(
+        self,
+        activations: torch.Tensor,
+        gradients: torch.Tensor | None,
+        eigen_smooth: bool,
+        context: LayerContext,
+    ) -> torch.Tensor:
+        """The weighted activations summed over the channels, or projected on their first
+        principal component; before the ReLU."""
         weighted = self.weighted_activations(activations, gradients, context)
         if eigen_smooth or self.uses_principal_component:
-            reduced = first_principal_component(weighted)
-        else:
-            reduced = weighted.sum(dim=1)
-        return torch.relu(reduced)
+            return first_principal_component(weighted)
+        return weighted.sum(dim=1)
 
     def _forward(
         self, input_tensor: torch.Tensor, targets: Sequence[Target] | None
@@ -386,7 +559,11 @@ class BaseCAM:
         """
         # With gradients, autograd is switched on by the first target layer's hook; with
         # create_graph the maps depend on every parameter, so it records from the start.
-        autograd = torch.enable_grad() if self._create_graph else torch.no_grad()
+        whole_graph = self._create_graph or self.compute_input_gradient
+        autograd = torch.enable_grad() if whole_graph else torch.no_grad()
+        if self.compute_input_gradient:
+            input_tensor = input_tensor.detach().clone().requires_grad_(True)
+            self._input_with_gradient = input_tensor
         with LayerRecorder(self.target_layers, self.uses_gradients) as recorder:
             with autograd:
                 output = self._run_model(input_tensor)
@@ -407,7 +584,14 @@ class BaseCAM:
     def _gradients(self, scores: torch.Tensor, layer_outputs: list[Any]) -> list[Any]:
         """What the method weights with, per layer: d(score)/d(layer output) here;
         ShapleyCAM adds a second-order term."""
-        return layer_gradients(scores, layer_outputs, create_graph=self._create_graph)
+        if not self.compute_input_gradient:
+            return layer_gradients(scores, layer_outputs, create_graph=self._create_graph)
+        leaf = self._input_with_gradient
+        *gradients, input_gradient = layer_gradients(
+            scores, [*layer_outputs, leaf], create_graph=self._create_graph
+        )
+        leaf.grad = input_gradient.detach()
+        return gradients
 
     def _run_model(self, input_tensor: torch.Tensor) -> Any:
         """The model's forward pass; a method that needs more from it overrides this."""
@@ -421,14 +605,7 @@ class BaseCAM:
 
     def _top_classes(self, output: Any) -> list[Target]:
         """``targets=None``: each image's top-scoring class, kept on the device."""
-        scores = select_output(output, self.output_selector)
-        if scores.ndim != 2:
-            raise ValueError(
-                "targets=None picks each image's top class, which needs scores of shape "
-                f"B x K; the model's output has shape {tuple(scores.shape)}. Pass "
-                "targets=[...] (one per image) from pytorch_grad_cam.utils.model_targets."
-            )
-        return [ClassifierOutputTarget(category) for category in scores.detach().argmax(dim=1)]
+        return top_class_targets(output, self.output_selector)
 
     def _target_scores(self, output: Any, targets: Sequence[Target]) -> torch.Tensor:
         """Each image's target score, shape ``B``, with autograd on (see ``target_scores``)."""
@@ -452,7 +629,8 @@ class BaseCAM:
             raise ValueError(
                 f"target_layers[{index}] ({layer}) outputs a mapping ({mapping}) of tensors "
                 f"(keys {list(layer_output.keys())}); pass a reshape_transform that "
-                "combines them into B x C x H x W, e.g. fasterrcnn_reshape_transform from "
+                "combines them into B x C x H x W, e.g. fpn_reshape_transform (linear: for "
+                "gradient methods) or fasterrcnn_reshape_transform (grad-cam 1.5.7's) from "
                 "pytorch_grad_cam.utils.reshape_transforms for a feature pyramid."
             )
         if self.reshape_transform is not None:
@@ -500,9 +678,13 @@ class BaseCAM:
         as the input (``spatial_rank``: 2 for images, 3 for volumes, 1 for signals)."""
         original_shape = _shape_of(tensor)
         if transform is not None:
-            tensor = transform(tensor)
+            # A transform may apply a module with parameters (Hugging Face CvT): its result
+            # joins the graph only when the call keeps one.
+            recording = contextlib.nullcontext() if self._create_graph else torch.no_grad()
+            with recording:
+                tensor = transform(tensor)
         if isinstance(tensor, torch.Tensor) and tensor.ndim == 2 + spatial_rank:
-            return tensor.float()  # _forward already detached the outputs
+            return tensor.float()
         layer = type(self.target_layers[index]).__name__
         wanted = {1: "B x C x L", 2: "B x C x H x W", 3: "B x C x D x H x W"}[spatial_rank]
         if transform is None:
@@ -555,239 +737,15 @@ class BaseCAM:
         self.outputs = None
 
     def __enter__(self) -> BaseCAM:
+        """The CAM itself; leaving the block releases ``outputs`` (see :meth:`close`)."""
         return self
 
-    def __exit__(self, *exc_info: Any) -> bool:
+    def __exit__(self, exc_type: Any, exc_value: Any, exc_tb: Any) -> bool:
         self.close()
         return False  # never swallow the caller's exception
 
 
 # --------------------------------------------------------------------- helpers
-def warn_deprecated(message: str) -> None:
-    """A ``DeprecationWarning`` at the caller's line: an old spelling that still works."""
-    warn_at_caller(message, DeprecationWarning)
-
-
-def warn_at_caller(message: str, category: type[Warning]) -> None:
-    """Warn at the first frame outside this package, however deep the call."""
-    package = os.path.dirname(os.path.abspath(__file__))
-    frame, level = inspect.currentframe(), 1
-    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(package):
-        frame, level = frame.f_back, level + 1
-    warnings.warn(message, category, stacklevel=level)
-
-
-def _check_target_layers(model: nn.Module, target_layers: Any) -> list[nn.Module]:
-    if target_layers is None:
-        raise TypeError("target_layers is required: a list of submodules of the model.")
-    if isinstance(target_layers, nn.Module):
-        raise TypeError(
-            f"target_layers must be a list of modules, got a single "
-            f"{type(target_layers).__name__}; pass target_layers=[layer]."
-        )
-    layers = list(target_layers)
-    if not layers:
-        raise ValueError("target_layers is empty; pass at least one submodule of the model.")
-    submodules = {id(module) for module in model.modules()}
-    for index, layer in enumerate(layers):
-        if not isinstance(layer, nn.Module):
-            raise TypeError(
-                f"target_layers[{index}] must be an nn.Module, got {type(layer).__name__}."
-            )
-        if id(layer) not in submodules:
-            raise ValueError(
-                f"target_layers[{index}] ({type(layer).__name__}) is not a submodule of the "
-                "model; pass a layer of this model instance, e.g. model.layer4[-1] (a layer "
-                "of another copy of the model never runs)."
-            )
-    return layers
-
-
-def check_input(input_tensor: Any, model: nn.Module) -> torch.Tensor:
-    """A float ``B x C x H x W`` (or ``x D``, or ``B x C x L``) tensor with values on the
-    model's device, or a clear error (see ``utils.validation.check_input_tensor``)."""
-    if torch.is_inference_mode_enabled():
-        raise RuntimeError(
-            "CAM methods cannot run inside torch.inference_mode(): the gradients they need "
-            "cannot be recorded there. Call the CAM outside it (torch.no_grad() is fine)."
-        )
-    if (
-        isinstance(input_tensor, torch.Tensor)
-        and input_tensor.ndim == 3
-        and _first_convolution_rank(model) == 2
-    ):
-        raise ValueError(
-            f"input_tensor has shape {tuple(input_tensor.shape)}, B x C x L like a signal, but "
-            "the model's first convolution is 2-D: for one image, add the batch axis with "
-            "input_tensor.unsqueeze(0)."
-        )
-    input_tensor = check_input_tensor(input_tensor, model)
-    if input_tensor.is_inference():
-        input_tensor = input_tensor.clone()
-    return input_tensor
-
-
-def _first_convolution_rank(model: nn.Module) -> int | None:
-    """1, 2 or 3 for the model's first ``nn.Conv1d`` / ``2d`` / ``3d``; ``None`` without."""
-    for module in model.modules():
-        for convolution, rank in ((nn.Conv1d, 1), (nn.Conv2d, 2), (nn.Conv3d, 3)):
-            if isinstance(module, convolution):
-                return rank
-    return None
-
-
-def is_integer(value: Any) -> bool:
-    """A class index: a Python or numpy integer, or a 0-d integer tensor (not a bool)."""
-    if isinstance(value, torch.Tensor):
-        return value.ndim == 0 and not value.is_floating_point() and value.dtype != torch.bool
-    return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
-
-
-def is_positive_int(value: Any, minimum: int = 1) -> bool:
-    """An int (not a bool) of at least ``minimum``: batch sizes, sample counts."""
-    return (
-        isinstance(value, numbers.Integral)
-        and not isinstance(value, (bool, np.bool_))
-        and value >= minimum
-    )
-
-
-def looks_like_categories(targets: Any) -> bool:
-    """The seeds' positional ``cam(input, 281)`` / ``cam(input, [281, 3])`` spelling."""
-    if is_integer(targets):
-        return True
-    return (
-        isinstance(targets, (list, tuple, np.ndarray))
-        and len(targets) > 0
-        and all(is_integer(t) for t in targets)
-    )
-
-
-def _categories_to_targets(target_category: Any, batch_size: int) -> list[Target] | None:
-    if target_category is None:
-        return None
-    if is_integer(target_category):
-        return [ClassifierOutputTarget(int(target_category)) for _ in range(batch_size)]
-    return [ClassifierOutputTarget(int(category)) for category in target_category]
-
-
-def check_targets(targets: Any, batch_size: int) -> list[Target]:
-    """One callable target per image, or a clear error."""
-    if callable(targets):
-        raise TypeError(
-            "targets must be a list with one target per image, got a single "
-            f"{type(targets).__name__}; pass targets=[target] * batch_size to use it for "
-            "every image."
-        )
-    targets = list(targets)
-    if len(targets) != batch_size:
-        raise ValueError(
-            f"targets has {len(targets)} entries but input_tensor has {batch_size} images; "
-            "pass one target per image (e.g. [ClassifierOutputTarget(c)] * batch_size)."
-        )
-    for index, target in enumerate(targets):
-        if not callable(target):
-            raise TypeError(
-                f"targets[{index}] is a {type(target).__name__}, not a callable; use e.g. "
-                "ClassifierOutputTarget(category) from pytorch_grad_cam.utils.model_targets."
-            )
-    return targets
-
-
-def target_scores(output: Any, targets: Sequence[Target], selector: OutputSelector) -> torch.Tensor:
-    """Each row's target score, float32, shape ``B`` (a target's values are summed).
-
-    Consecutive rows that share one target object whose ``rowwise`` attribute is true
-    (it maps a block of rows to their per-row results, as the classifier targets do)
-    are scored with one call: perturbation methods and metrics score thousands of rows.
-    """
-    per_image = per_image_outputs(output, selector)
-    scores = []
-    start = 0
-    for _, run in itertools.groupby(targets, key=id):
-        count = len(list(run))
-        target = targets[start]
-        if getattr(target, "rowwise", False) and isinstance(per_image, torch.Tensor):
-            block = _as_score(target(per_image[start : start + count]), targets, start)
-            scores.append(block.reshape(count, -1).sum(dim=1).float())
-        else:
-            scores.extend(
-                _as_score(target(per_image[row]), targets, row).sum().float().reshape(1)
-                for row in range(start, start + count)
-            )
-        start += count
-    return torch.cat(scores)
-
-
-def _as_score(value: Any, targets: Sequence[Target], row: int) -> torch.Tensor:
-    """What ``targets[row]`` returned, as a real tensor; anything else is a TypeError."""
-    score = None
-    if not isinstance(value, (bool, np.bool_, str, bytes)) and value is not None:
-        try:
-            score = torch.as_tensor(value)
-        except (TypeError, ValueError, RuntimeError):
-            score = None
-    if score is not None and (score.is_floating_point() or score.dtype in _INTEGER_DTYPES):
-        return score
-    raise TypeError(
-        f"targets[{row}] ({type(targets[row]).__name__}) returned "
-        f"{type(value).__name__} {value!r:.60}, not a score: a target maps its image's model "
-        "output to a real tensor (or number) to explain, e.g. ClassifierOutputTarget(category) "
-        "returns model_output[category]."
-    )
-
-
-_INTEGER_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
-
-
-def per_image_outputs(output: Any, selector: OutputSelector) -> Any:
-    """What each image's target is called with: its row of the scores, or its entry of a
-    list of per-image dicts (torchvision detection models)."""
-    if selector is None and isinstance(output, list) and output and isinstance(output[0], dict):
-        return output
-    return select_output(output, selector)
-
-
-def check_reached(
-    outputs: list[torch.Tensor | None], layers: list[nn.Module]
-) -> list[torch.Tensor]:
-    """Every target layer's recorded output, or an error naming the layer never reached."""
-    for index, (output, layer) in enumerate(zip(outputs, layers)):
-        if output is None:
-            raise ValueError(
-                f"target_layers[{index}] ({type(layer).__name__}) was never reached by the "
-                "forward pass, so it has no activations; pick a layer that the model's "
-                "forward() actually calls."
-            )
-    return outputs  # type: ignore[return-value]
-
-
-def layer_gradients(
-    scores: torch.Tensor, activations: list[Any], create_graph: bool = False
-) -> list[Any]:
-    """d(sum of the images' scores)/d(activation) for every layer (images are independent);
-    zeros where the scores do not depend on it. A layer's mapping of tensors gets a
-    mapping of their gradients."""
-    with torch.enable_grad():
-        score = scores.sum()
-    flat = [
-        tensor
-        for activation in activations
-        for tensor in (activation.values() if is_tensor_mapping(activation) else [activation])
-    ]
-    if score.requires_grad:
-        flat_gradients = torch.autograd.grad(
-            score, flat, allow_unused=True, create_graph=create_graph
-        )
-    else:
-        flat_gradients = [None] * len(flat)
-    remaining = iter(
-        [torch.zeros_like(a) if g is None else g for a, g in zip(flat, flat_gradients)]
-    )
-    # map_tensors visits a mapping's tensors in the order flattened above.
-    return [map_tensors(lambda _: next(remaining), activation) for activation in activations]
-
-
 def _shape_of(value: Any) -> Any:
     """For error messages: a tensor's shape, each shape of a mapping of tensors, or
     the type of anything else."""
@@ -803,20 +761,3 @@ def _takes_image_size(function: Callable) -> bool:
         return "image_size" in inspect.signature(function).parameters
     except (TypeError, ValueError):  # a builtin without a signature
         return False
-
-
-def detached_output(output: Any) -> Any:
-    """``output`` with every tensor in it detached, containers' types kept."""
-    if isinstance(output, torch.Tensor):
-        return output.detach()
-    if isinstance(output, tuple) and hasattr(output, "_fields"):  # a namedtuple
-        return type(output)(*(detached_output(item) for item in output))
-    if isinstance(output, (tuple, list)):
-        return type(output)(detached_output(item) for item in output)
-    if isinstance(output, MutableMapping):
-        # A shallow copy keeps the mapping's type (dict, OrderedDict, ModelOutput).
-        detached = copy.copy(output)
-        for key, value in output.items():
-            detached[key] = detached_output(value)
-        return detached
-    return output

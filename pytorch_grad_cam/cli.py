@@ -49,16 +49,13 @@ from pytorch_grad_cam.base_cam import BaseCAM
 from pytorch_grad_cam.utils.find_layers import get_layer, suggest_target_layer_names
 from pytorch_grad_cam.utils.image import deprocess_image, show_cam_on_image
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+from pytorch_grad_cam.utils.package_data import (
+    EXAMPLE_IMAGE,
+    imagenet_categories,
+)
 from pytorch_grad_cam.utils.reshape_transforms import (
     infer_reshape_transform,
 )
-
-DATA_DIR = Path(__file__).resolve().parent / "data"
-#: The shipped example image (a copy of ``examples/cat_and_coffee.png``, package data so
-#: that ``cam.py`` / ``gradcam`` find it from any install).
-EXAMPLE_IMAGE = DATA_DIR / "cat_and_coffee.png"
-#: The 1000 ImageNet class names, one a line, in index order (torchvision's list).
-IMAGENET_CLASSES_FILE = DATA_DIR / "imagenet_classes.txt"
 
 DEFAULT_MODEL = "efficientnet_lite0"
 #: The default model's target layer: the head's ReLU6 (see ``load_efficientnet_lite0``).
@@ -282,11 +279,6 @@ def read_image(path: str) -> np.ndarray:
     if bgr is None:
         raise CommandLineError(f"--image-path {path}: not an image OpenCV can read")
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB).astype(np.float32) / 255
-
-
-def imagenet_categories() -> list[str]:
-    """The 1000 ImageNet class names, in index order (shipped with the package)."""
-    return IMAGENET_CLASSES_FILE.read_text(encoding="utf-8").splitlines()
 
 
 def resolve_category(text: str | None, categories: Sequence[str]) -> int | None:

@@ -22,42 +22,36 @@ from pytorch_grad_cam.utils.model_outputs import OutputSelector
 
 
 def non_negative_factorization(
-    matrix: torch.Tensor,
+    matrix: torch.Tensor | np.ndarray,
     n_components: int,
     iterations: int = 200,
     seed: int = 0,
-    return_errors: bool = False,
-) -> tuple[torch.Tensor, ...]:
-    """``V ~ W H`` with ``W`` (``n x k``) and ``H`` (``k x m``) non-negative (Lee & Seung).
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``V ~ W H`` with ``W`` (``n x k``) and ``H`` (``k x m``) non-negative.
 
-    Minimises ``||V - W H||_F`` with the multiplicative updates
-
-    ``H <- H * (W^T V) / (W^T W H)``,  ``W <- W * (V H^T) / (W H H^T)``,
-
-    under which the error never increases. The start is uniform random, scaled by
-    ``sqrt(mean(V) / k)``, from a CPU generator seeded with ``seed`` (deterministic).
-    Computed in float32 on ``matrix``'s device, with no host synchronisation.
-
-    Returns ``(W, H)``, or ``(W, H, errors)`` with ``return_errors``: ``errors[i]`` is
-    ``||V - W H||_F`` after ``i`` iterations (``iterations + 1`` values).
+    scikit-learn's ``NMF`` (coordinate descent on ``||V - W H||_F``, started from NNDSVDa,
+    or at random with ``seed`` when ``k`` exceeds ``min(n, m)``), run for at most
+    ``iterations`` iterations on the CPU. Returns float32 tensors on ``matrix``'s device.
     """
+    from sklearn.decomposition import NMF  # noqa: PLC0415 (scikit-learn loads slowly)
+
     _check_positive_int("n_components", n_components, "e.g. n_components=8")
     _check_positive_int("iterations", iterations, "e.g. iterations=200")
-    if matrix.ndim != 2:
-        raise ValueError(f"matrix must be 2-D (n x m), got shape {tuple(matrix.shape)}.")
-    v = matrix.detach().float()
-    generator = torch.Generator().manual_seed(int(seed))
-    scale = (v.mean().clamp(min=0) / n_components).sqrt()
-    w = torch.rand(v.shape[0], n_components, generator=generator).to(v.device) * scale
-    h = torch.rand(n_components, v.shape[1], generator=generator).to(v.device) * scale
-    tiny = torch.finfo(torch.float32).tiny  # only guards 0 / 0
-    errors = [torch.linalg.norm(v - w @ h)] if return_errors else []
-    for _ in range(iterations):
-        h = h * (w.T @ v) / (w.T @ w @ h + tiny)
-        w = w * (v @ h.T) / (w @ (h @ h.T) + tiny)
-        if return_errors:
-            errors.append(torch.linalg.norm(v - w @ h))
-    return (w, h, torch.stack(errors)) if return_errors else (w, h)
+    device = matrix.device if isinstance(matrix, torch.Tensor) else torch.device("cpu")
+    values = (
+        matrix.detach().double().cpu().numpy()
+        if isinstance(matrix, torch.Tensor)
+        else np.asarray(matrix, dtype=np.float64)
+    )
+    if values.ndim != 2:
+        raise ValueError(f"matrix must be 2-D (n x m), got shape {tuple(values.shape)}.")
+    model = NMF(n_components=n_components, max_iter=iterations, random_state=int(seed))
+    w = model.fit_transform(values)
+    h = model.components_
+    return (
+        torch.as_tensor(w, dtype=torch.float32, device=device),
+        torch.as_tensor(h, dtype=torch.float32, device=device),
+    )
 
 
 class DeepFeatureFactorization(BaseCAM):
@@ -66,11 +60,11 @@ class DeepFeatureFactorization(BaseCAM):
     The target layer's activations of the whole batch (``B x C x *spatial``, reshaped by
     ``reshape_transform`` if given) form one matrix ``A`` of ``B * positions`` rows and
     ``C`` columns, shifted to be non-negative (``A - min(min A, 0)``), and are factorised
-    (:func:`non_negative_factorization`) as ``A ~ W H``: the ``k = n_components`` columns
-    of ``W`` are the concepts' heat maps (one value per position of every image), the
-    rows of ``H`` the concepts' embeddings in channel space. Concepts are shared by the
-    images of a batch, as in the paper's co-segmentation; a batch of one image
-    factorises that image alone.
+    (:func:`non_negative_factorization`, scikit-learn's NMF) as ``A ~ W H``: the
+    ``k = n_components`` columns of ``W`` are the concepts' heat maps (one value per
+    position of every image), the rows of ``H`` the concepts' embeddings in channel space.
+    Concepts are shared by the images of a batch, as in the paper's co-segmentation; a
+    batch of one image factorises that image alone.
 
     Args:
         target_layer: the layer whose activations are factorised (a module, or a list of
@@ -78,7 +72,7 @@ class DeepFeatureFactorization(BaseCAM):
         computation_on_concepts: optional callable applied to the ``k x C`` embeddings
             ``H`` (e.g. the classifier head ``model.fc`` of a GAP + linear model) to name
             the concepts by class scores.
-        iterations: multiplicative-update iterations.
+        iterations: the NMF solver's maximum number of iterations.
         seed: the seed of the factorisation's random start.
 
     ``reshape_transform`` and ``output_selector`` are those of

@@ -5,9 +5,13 @@ from __future__ import annotations
 import torch
 
 from pytorch_grad_cam.base_cam import BaseCAM, LayerContext
+from pytorch_grad_cam.incumbent_hooks import CategoryNamedImage
+from pytorch_grad_cam.utils.svd_on_activations import (
+    get_2d_projection as get_2d_projection,  # re-exported: the incumbent's path
+)
 
 
-class EigenCAM(BaseCAM):
+class EigenCAM(CategoryNamedImage, BaseCAM):
     """The first principal component of the activations; no gradients, not class-specific.
 
     With ``X`` the activations as a positions x channels matrix, centred over positions,

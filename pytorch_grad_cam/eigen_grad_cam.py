@@ -5,9 +5,13 @@ from __future__ import annotations
 import torch
 
 from pytorch_grad_cam.base_cam import BaseCAM, LayerContext
+from pytorch_grad_cam.incumbent_hooks import CategoryNamedImage
+from pytorch_grad_cam.utils.svd_on_activations import (
+    get_2d_projection as get_2d_projection,  # re-exported: the incumbent's path
+)
 
 
-class EigenGradCAM(BaseCAM):
+class EigenGradCAM(CategoryNamedImage, BaseCAM):
     """The first principal component of ``A * dy/dA``: class-specific, and cleaner than Grad-CAM.
 
     ``map = ReLU(X v_1)`` with ``X`` the element-wise product of activations and gradients
@@ -18,7 +22,7 @@ class EigenGradCAM(BaseCAM):
 
     uses_principal_component = True
 
-    def get_cam_weights(
+    def layer_weights(
         self, activations: torch.Tensor, gradients: torch.Tensor, context: LayerContext
     ) -> torch.Tensor:
         return gradients

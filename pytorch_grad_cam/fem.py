@@ -6,30 +6,34 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-import ttach
 from torch import nn
 
-from pytorch_grad_cam.base_cam import BaseCAM, LayerContext, ReshapeTransform
+from pytorch_grad_cam.base_cam import BaseCAM, CamOptions, LayerContext, ReshapeTransform
+from pytorch_grad_cam.incumbent_hooks import CategoryNamedImage
 from pytorch_grad_cam.utils.maps import spatial_axes
-from pytorch_grad_cam.utils.model_outputs import OutputSelector
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 
-class FEM(BaseCAM):
+class FEM(CategoryNamedImage, BaseCAM):
     """The channels' strong responses, weighted by the channels' mean: no gradients, no target.
 
     For each image and channel ``k`` of the activations ``A`` (``N`` positions):
     ``mu_k = mean_ij A^k_ij``, ``sigma_k = sqrt(mean_ij (A^k_ij - mu_k)^2)`` (the
     population standard deviation), the binary mask
-    ``M^k_ij = 1 if A^k_ij > mu_k + k * sigma_k else 0`` (a channel's outliers, if its
+    ``M^k_ij = 1 if A^k_ij >= mu_k + k * sigma_k else 0`` (a channel's outliers, if its
     values were Gaussian), the channel weight ``w_k = mu_k``;
 
     ``map = ReLU(sum_k w_k M^k)``.
 
-    A constant channel has an empty mask. The map is class-agnostic (like EigenCAM): the
-    targets are not used, and one forward pass is run.
+    This is the paper's definition (the channel's mean weights its binary mask);
+    grad-cam 1.5.7 weights the activations by the mask's share instead (see the README's
+    differences). A constant channel has a full mask and adds a constant. The map is
+    class-agnostic (like EigenCAM): the targets are not used, and one forward pass is run.
 
     Args:
         k: how many standard deviations above its mean a channel's value must be to count
@@ -46,21 +50,14 @@ class FEM(BaseCAM):
         model: nn.Module,
         target_layers: Sequence[nn.Module] | None = None,
         reshape_transform: ReshapeTransform | None = None,
-        tta_transforms: ttach.Compose | None = None,
-        output_selector: OutputSelector = None,
-        k: float = 2.0,
-        *,
-        target_layer: nn.Module | None = None,
-        use_cuda: bool | None = None,
+        k: float = 2,
+        **options: Unpack[CamOptions],
     ) -> None:
         super().__init__(
             model,
             target_layers,
             reshape_transform,
-            tta_transforms,
-            output_selector,
-            target_layer=target_layer,
-            use_cuda=use_cuda,
+            **options,
         )
         self.k = _check_k(k)
 
@@ -70,7 +67,7 @@ class FEM(BaseCAM):
         axes = spatial_axes(activations)
         mean = activations.mean(dim=axes, keepdim=True)
         std = activations.std(dim=axes, keepdim=True, correction=0)
-        mask = activations > mean + self.k * std
+        mask = activations >= mean + self.k * std
         return mean * mask
 
 

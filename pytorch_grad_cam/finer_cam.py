@@ -10,7 +10,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import ttach
 from torch import nn
 
 from pytorch_grad_cam.base_cam import (
@@ -25,17 +24,25 @@ from pytorch_grad_cam.base_cam import (
     warn_deprecated,
 )
 from pytorch_grad_cam.grad_cam import GradCAM
-from pytorch_grad_cam.utils.model_outputs import OutputSelector, select_output
-from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget, FinerWeightedTarget
+from pytorch_grad_cam.utils.model_outputs import select_output
+from pytorch_grad_cam.utils.model_targets import (
+    ClassifierOutputTarget,
+)
+from pytorch_grad_cam.utils.model_targets import (
+    FinerWeightedTarget as FinerWeightedTarget,  # re-exported: the incumbent's path
+)
+
+#: The default comparison ranks: the three classes nearest the main one.
+DEFAULT_RANKS = (1, 2, 3)
 
 
-class FinerCAM(BaseCAM):
+class FinerCAM:
     """A base method explaining a class against the classes it is most easily confused with.
 
     For each image with class scores ``y`` and main class ``c``, the other classes are
     ranked by how close their score is to ``c``'s, ``|y_j - y_c|`` ascending (ties by class
     index), with ``c`` itself at rank 0. With ``D`` the classes at the ranks in
-    ``comparison_categories`` (default ``(1, 2, 3)``: the three nearest), the base method
+    ``comparison_categories`` (default ``[1, 2, 3]``: the three nearest), the base method
     (default :class:`~pytorch_grad_cam.grad_cam.GradCAM`) explains
 
     ``y_c - alpha * mean_{d in D} y_d``
@@ -53,42 +60,22 @@ class FinerCAM(BaseCAM):
     targets of the last call.
 
     Args:
-        base_method: the ``BaseCAM`` subclass that computes the map (it must use targets).
-        alpha: the weight of the comparison classes (default 1).
-        comparison_categories: ranks (1 = the nearest other class) of the classes to
-            compare with.
-        **base_kwargs: passed to ``base_method``'s constructor (e.g. ``batch_size``).
+        model, target_layers, reshape_transform: as for every method.
+        base_method: the CAM class that computes the map (it must use targets).
+        **kwargs: passed to ``base_method``'s constructor (``batch_size``,
+            ``output_selector``, ``tta_transforms``, ...).
 
-    The other arguments are those of :class:`~pytorch_grad_cam.base_cam.BaseCAM`; the call
-    also takes ``alpha``, ``comparison_categories`` and ``target_idx`` keywords.
+    ``cam.base`` is the base method's instance.
     """
-
-    supports_extra_inputs = False  # it ranks classes with its own forward pass
 
     def __init__(
         self,
         model: nn.Module,
         target_layers: Sequence[nn.Module] | None = None,
         reshape_transform: ReshapeTransform | None = None,
-        tta_transforms: ttach.Compose | None = None,
-        output_selector: OutputSelector = None,
         base_method: type[BaseCAM] = GradCAM,
-        alpha: float = 1.0,
-        comparison_categories: Sequence[int] = (1, 2, 3),
-        *,
-        target_layer: nn.Module | None = None,
-        use_cuda: bool | None = None,
-        **base_kwargs: Any,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(
-            model,
-            target_layers,
-            reshape_transform,
-            tta_transforms,
-            output_selector,
-            target_layer=target_layer,
-            use_cuda=use_cuda,
-        )
         if not (isinstance(base_method, type) and issubclass(base_method, BaseCAM)):
             raise TypeError(
                 f"base_method must be a CAM class (a BaseCAM subclass such as GradCAM), got "
@@ -100,41 +87,50 @@ class FinerCAM(BaseCAM):
                 "class-agnostic), so it cannot contrast classes; use a method that explains "
                 "a target, such as GradCAM, LayerCAM or ScoreCAM."
             )
-        self.base = base_method(
-            model,
-            target_layers=self.target_layers,
-            reshape_transform=self.reshape_transform,
-            tta_transforms=self.tta_transforms,
-            output_selector=output_selector,
-            **base_kwargs,
-        )
-        self.uses_gradients = self.base.uses_gradients
-        self.uses_principal_component = self.base.uses_principal_component
-        self.alpha = _check_alpha(alpha)
-        self.comparison_categories = _check_ranks(comparison_categories)
+        self.base = base_method(model, target_layers, reshape_transform, **kwargs)
         self.finer_targets: list[FinerWeightedTarget] | None = None
 
-    def __call__(  # type: ignore[override]
+    @property
+    def model(self) -> nn.Module:
+        """The explained model (the base method's)."""
+        return self.base.model
+
+    @property
+    def outputs(self) -> Any:
+        """The model's output of the last call."""
+        return self.base.outputs
+
+    def __call__(
         self,
         input_tensor: torch.Tensor,
         targets: Sequence[Target] | None = None,
-        aug_smooth: bool = False,
         eigen_smooth: bool = False,
-        *,
-        alpha: float | None = None,
+        alpha: float = 1,
         comparison_categories: Sequence[int] | None = None,
         target_idx: int | Sequence[int] | None = None,
+        *,
+        aug_smooth: bool = False,
         scale: bool = True,
         as_tensor: bool = False,
+        target_category: Any = None,
         extra_inputs: Sequence[Any] = (),
         model_kwargs: Any = None,
-        target_category: Any = None,
     ) -> np.ndarray | torch.Tensor:
         """The base method's maps of ``y_c - alpha * mean_d y_d``, one per image.
 
-        ``alpha`` and ``comparison_categories`` override the constructor's for this call;
-        ``target_idx`` (an int, or one per image) is the main class. The other arguments
-        are those of :meth:`BaseCAM.__call__ <pytorch_grad_cam.base_cam.BaseCAM.__call__>`.
+        Args:
+            input_tensor: the images, ``B x C x H x W``.
+            targets: ``None`` (each image's top class is ``c``), a
+                ``ClassifierOutputTarget(c)`` or a ``FinerWeightedTarget`` per image.
+            eigen_smooth: as for every method.
+            alpha: the weight of the comparison classes (0 gives the base method's map).
+            comparison_categories: ranks (1 = the nearest other class) of the classes to
+                compare with; ``None`` for ``[1, 2, 3]``.
+            target_idx: the main class ``c``: an int, or one per image.
+            aug_smooth, scale, as_tensor: as for
+                :meth:`BaseCAM.__call__ <pytorch_grad_cam.base_cam.BaseCAM.__call__>`.
+            target_category: deprecated spelling of ``target_idx``.
+            extra_inputs, model_kwargs: not supported yet (a clear error).
         """
         if extra_inputs or model_kwargs:
             raise ValueError(
@@ -148,15 +144,13 @@ class FinerCAM(BaseCAM):
                 raise TypeError("Pass one of targets=, target_idx= or target_category=.")
             warn_deprecated("target_category= is deprecated; pass target_idx=category (or a list).")
             target_idx = target_category
-        alpha = self.alpha if alpha is None else _check_alpha(alpha)
-        ranks = (
-            self.comparison_categories
-            if comparison_categories is None
-            else _check_ranks(comparison_categories)
+        alpha = _check_alpha(alpha)
+        ranks = _check_ranks(
+            DEFAULT_RANKS if comparison_categories is None else comparison_categories
         )
-        input_tensor = check_input(input_tensor, self.model)
+        input_tensor = check_input(input_tensor, self.base.model)
         self.finer_targets = self._finer_targets(input_tensor, targets, target_idx, alpha, ranks)
-        maps = self.base(
+        return self.base(
             input_tensor,
             self.finer_targets,
             aug_smooth,
@@ -164,8 +158,18 @@ class FinerCAM(BaseCAM):
             scale=scale,
             as_tensor=as_tensor,
         )
-        self.outputs = self.base.outputs
-        return maps
+
+    def forward(
+        self,
+        input_tensor: torch.Tensor,
+        targets: Sequence[Target] | None = None,
+        eigen_smooth: bool = False,
+        alpha: float = 1,
+        comparison_categories: Sequence[int] | None = None,
+        target_idx: int | Sequence[int] | None = None,
+    ) -> np.ndarray:
+        """The maps as a numpy array: ``cam(...)`` with the same arguments."""
+        return self(input_tensor, targets, eigen_smooth, alpha, comparison_categories, target_idx)
 
     def _finer_targets(
         self,
@@ -182,8 +186,9 @@ class FinerCAM(BaseCAM):
             targets = check_targets(targets, batch)
             if all(isinstance(target, FinerWeightedTarget) for target in targets):
                 return targets
-        with model_in_eval_mode(self.model), torch.no_grad():
-            scores = select_output(self.model(input_tensor), self.output_selector)
+        model = self.base.model
+        with model_in_eval_mode(model), torch.no_grad():
+            scores = select_output(model(input_tensor), self.base.output_selector)
         if scores.ndim != 2:
             raise ValueError(
                 "FinerCAM compares class scores, so the model's output must have shape B x K; "
@@ -216,8 +221,17 @@ class FinerCAM(BaseCAM):
         return resolved
 
     def close(self) -> None:
+        """Release the base method's last output."""
         self.base.close()
-        super().close()
+
+    def __enter__(self) -> FinerCAM:
+        """The CAM itself; leaving the block releases ``outputs``."""
+        return self
+
+    def __exit__(self, exc_type: Any, exc_value: Any, exc_tb: Any) -> bool:
+        """Release; never swallow an exception."""
+        self.close()
+        return False
 
 
 def _main_categories(

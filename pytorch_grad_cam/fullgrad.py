@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
-import ttach
 from torch import nn
 
 from pytorch_grad_cam.base_cam import (
     BaseCAM,
+    CamOptions,
     ReshapeTransform,
     Target,
     check_input,
@@ -21,8 +22,11 @@ from pytorch_grad_cam.base_cam import (
     model_in_eval_mode,
     warn_at_caller,
 )
+from pytorch_grad_cam.utils.image import scale_cam_image
 from pytorch_grad_cam.utils.maps import resize_maps, scale_to_unit_range
-from pytorch_grad_cam.utils.model_outputs import OutputSelector
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 #: Upper bound on the elements of one block of upsampled channel maps (64 MiB of float32).
 _BLOCK_ELEMENTS = 2**24
@@ -69,8 +73,9 @@ class FullGrad(BaseCAM):
 
     ``map = sum_c psi(dy/dx * x)_c + sum_layers sum_c psi((dy/dz * b)_c)``,
 
-    ``psi(M) = s(Up(|M|))``: absolute value, (bi/tri)linear upsampling to the input's size,
-    min-max normalisation per image (``s``, a constant map becomes zeros). The input term
+    ``psi(M) = Up(s(|M|))``: absolute value, min-max normalisation per image (``s``, a
+    constant map becomes zeros), (bi/tri)linear upsampling to the input's size (in the
+    order grad-cam 1.5.7 uses; the paper does not fix it). The input term
     is one ``psi`` over all the input's channels (the paper's ``psi(grad_x f * x)``), then
     summed over them; each bias term is normalised per channel and summed. Bias
     terms without spatial axes (a linear layer after pooling) are constant and contribute
@@ -91,16 +96,40 @@ class FullGrad(BaseCAM):
         model: nn.Module,
         target_layers: Sequence[nn.Module] | None = None,
         reshape_transform: ReshapeTransform | None = None,
-        tta_transforms: ttach.Compose | None = None,
-        output_selector: OutputSelector = None,
-        *,
-        target_layer: nn.Module | None = None,
-        use_cuda: bool | None = None,
+        **options: Unpack[CamOptions],
     ) -> None:
+        options.pop("target_layer", None)  # ignored, as target_layers is
         # Every biased layer is used: the model itself stands in for the target layers.
-        super().__init__(model, [model], None, tta_transforms, output_selector, use_cuda=use_cuda)
+        super().__init__(model, [model], None, **options)
         self.target_layers = []
         self._warned_layout = False
+
+    def get_bias_data(self, layer: nn.Module) -> torch.Tensor | None:
+        """The bias ``layer`` adds to its output (batch norm: ``beta - gamma mu /
+        sqrt(var + eps)``), detached; ``None`` for a layer without one."""
+        found = _bias_of(layer)
+        return None if found is None else found[0].detach()
+
+    def compute_cam_per_layer(
+        self,
+        input_tensor: torch.Tensor,
+        target_category: Sequence[Target] | None,
+        eigen_smooth: bool,
+    ) -> list[np.ndarray]:
+        """The map's terms, each ``B x 1 x H x W`` numpy: the input-gradient term, then one
+        per biased layer call (its channels' ``psi`` summed); their sum is the map."""
+        input_tensor = check_input(input_tensor, self.model)
+        if target_category is not None:
+            target_category = check_targets(target_category, input_tensor.shape[0])
+        with model_in_eval_mode(self.model):
+            terms = self._decompose(input_tensor, target_category)
+            size = input_tensor.shape[2:]
+            return [term[:, None].cpu().numpy() for term in self._term_maps(terms, size)]
+
+    def aggregate_multi_layers(self, cam_per_target_layer: Sequence[Any]) -> np.ndarray:
+        """The terms (each ``B x 1 x H x W``) summed, rectified and scaled to [0, 1]."""
+        stacked = np.concatenate([np.asarray(m, dtype=np.float32) for m in cam_per_target_layer], 1)
+        return scale_cam_image(np.maximum(stacked, 0).sum(axis=1))
 
     # ----------------------------------------------------------------- the raw terms
     def decompose(
@@ -152,12 +181,22 @@ class FullGrad(BaseCAM):
     ) -> torch.Tensor:
         terms = self._decompose(input_tensor, targets)
         size = input_tensor.shape[2:]
-        total = _psi_sum(terms.input_term, size, per_channel=False)
+        total = input_tensor.new_zeros((input_tensor.shape[0], *size), dtype=torch.float32)
+        for term_map in self._term_maps(terms, size):
+            total += term_map
+        return scale_to_unit_range(total) if scale else total
+
+    def _term_maps(
+        self, terms: FullGradDecomposition, size: Sequence[int]
+    ) -> Iterator[torch.Tensor]:
+        """``B x *size`` maps: the input term's ``psi``, then each bias term's (summed over
+        its channels); bias terms that do not fit the input's layout are left out."""
+        yield _psi_sum(terms.input_term, size, per_channel=False)
         left_out = []
         for term, axis, layer in zip(terms.bias_terms, terms.bias_axes, terms.bias_layers):
             channels_first = term.movedim(axis % term.ndim, 1)
             if channels_first.ndim - 2 == len(size):
-                total = total + _psi_sum(channels_first, size)
+                yield _psi_sum(channels_first, size)
             elif channels_first.ndim > 2:
                 left_out.append(type(layer).__name__)
         if left_out and not self._warned_layout:
@@ -169,30 +208,29 @@ class FullGrad(BaseCAM):
                 "term and the other layers' terms.",
                 UserWarning,
             )
-        return scale_to_unit_range(total) if scale else total
 
 
 def _psi_sum(maps: torch.Tensor, size: Sequence[int], per_channel: bool = True) -> torch.Tensor:
-    """``sum_c s(Up(|maps_c|))`` over the channels of ``B x C x *spatial`` maps: ``B x *size``.
+    """``sum_c Up(s(|maps_c|))`` over the channels of ``B x C x *spatial`` maps: ``B x *size``.
 
-    Channels are upsampled a block at a time, so memory stays bounded for wide layers.
-    ``per_channel=False`` normalises each image's channels together (few channels: the
-    input's).
+    Channels are normalised and upsampled a block at a time, so memory stays bounded for
+    wide layers. ``per_channel=False`` normalises each image's channels together (few
+    channels: the input's).
     """
     if not per_channel:
-        upsampled = torch.stack(
-            [resize_maps(maps[:, c].abs().float(), size) for c in range(maps.shape[1])], dim=1
-        )
-        return scale_to_unit_range(upsampled).sum(dim=1)
+        normalised = scale_to_unit_range(maps.abs().float())
+        return torch.stack(
+            [resize_maps(normalised[:, c], size) for c in range(maps.shape[1])], dim=1
+        ).sum(dim=1)
     batch, channels = maps.shape[:2]
     block = max(1, _BLOCK_ELEMENTS // (batch * math.prod(size)))
     total = maps.new_zeros((batch, *size), dtype=torch.float32)
     for start in range(0, channels, block):
         chunk = maps[:, start : start + block].abs().float()
         count = chunk.shape[1]
-        upsampled = resize_maps(chunk.reshape(batch * count, *chunk.shape[2:]), size)
-        normalised = scale_to_unit_range(upsampled, in_place=True)  # a fresh tensor
-        total += normalised.view(batch, count, *size).sum(dim=1)
+        flat = chunk.reshape(batch * count, *chunk.shape[2:])
+        normalised = scale_to_unit_range(flat, in_place=True)  # a fresh tensor
+        total += resize_maps(normalised, size).view(batch, count, *size).sum(dim=1)
     return total
 
 

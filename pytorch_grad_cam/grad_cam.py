@@ -5,10 +5,11 @@ from __future__ import annotations
 import torch
 
 from pytorch_grad_cam.base_cam import BaseCAM, LayerContext
+from pytorch_grad_cam.incumbent_hooks import CategoryNamedWeights
 from pytorch_grad_cam.utils.maps import spatial_axes
 
 
-class GradCAM(BaseCAM):
+class GradCAM(CategoryNamedWeights, BaseCAM):
     """Weights each channel by its average gradient.
 
     ``w_k = mean_ij dy/dA^k_ij``;  ``map = ReLU(sum_k w_k A^k)``.
@@ -16,7 +17,7 @@ class GradCAM(BaseCAM):
 
     supports_create_graph = True
 
-    def get_cam_weights(
+    def layer_weights(
         self, activations: torch.Tensor, gradients: torch.Tensor, context: LayerContext
     ) -> torch.Tensor:
         return gradients.mean(dim=spatial_axes(gradients), keepdim=True)

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
 import torch
+from torch import nn
 
 from pytorch_grad_cam.base_cam import BaseCAM, LayerContext
 from pytorch_grad_cam.utils.maps import spatial_axes
@@ -19,6 +24,19 @@ class GradCAMPlusPlus(BaseCAM):
     supports_create_graph = True
 
     def get_cam_weights(
+        self,
+        input_tensor: torch.Tensor,
+        target_layers: nn.Module,
+        target_category: Sequence[Any] | None,
+        activations: Any,
+        grads: Any,
+    ) -> np.ndarray:
+        """The incumbent's numpy hook, with its names here (see ``BaseCAM.get_cam_weights``)."""
+        return super().get_cam_weights(
+            input_tensor, target_layers, target_category, activations, grads
+        )
+
+    def layer_weights(
         self, activations: torch.Tensor, gradients: torch.Tensor, context: LayerContext
     ) -> torch.Tensor:
         axes = spatial_axes(gradients)

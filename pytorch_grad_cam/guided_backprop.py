@@ -9,9 +9,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from pytorch_grad_cam.base_cam import is_integer
+from pytorch_grad_cam.utils.find_layers import (
+    replace_all_layer_type_recursive as replace_all_layer_type_recursive,  # re-exported
+)
 from pytorch_grad_cam.utils.model_outputs import OutputSelector, select_output
 from pytorch_grad_cam.utils.model_state import model_in_eval_mode
+from pytorch_grad_cam.utils.validation import is_integer
 
 
 class _GuidedReLUGate(torch.autograd.Function):
@@ -36,6 +39,31 @@ RECTIFIERS = (nn.ReLU, nn.ReLU6)
 
 def _guide(module: nn.Module, inputs: Any, output: torch.Tensor) -> torch.Tensor:
     return _GuidedReLUGate.apply(output)
+
+
+class GuidedBackpropReLU(torch.autograd.Function):
+    """A ReLU whose backward is guided: ``grad * (x > 0) * (grad > 0)`` (grad-cam 1.5.7's
+    function; ``GuidedBackpropReLUModel`` guides the model's own ReLUs instead)."""
+
+    @staticmethod
+    def forward(self: Any, input_img: torch.Tensor) -> torch.Tensor:  # noqa: PLW0211
+        """``max(x, 0)``, keeping ``x`` for the backward pass."""
+        self.save_for_backward(input_img)
+        return input_img.clamp(min=0)
+
+    @staticmethod
+    def backward(self: Any, grad_output: torch.Tensor) -> torch.Tensor:  # noqa: PLW0211
+        """The gradient where both the input and the gradient are positive, else 0."""
+        (input_img,) = self.saved_tensors
+        return grad_output * (input_img > 0) * (grad_output > 0)
+
+
+class GuidedBackpropReLUasModule(nn.Module):
+    """:class:`GuidedBackpropReLU` as a module, to stand in for ``nn.ReLU``."""
+
+    def forward(self, input_img: torch.Tensor) -> torch.Tensor:
+        """``max(x, 0)`` with the guided backward."""
+        return GuidedBackpropReLU.apply(input_img)
 
 
 class GuidedBackpropReLUModel:
@@ -87,6 +115,19 @@ class GuidedBackpropReLUModel:
                     handle.remove()
         result = gradient.permute(0, 2, 3, 1).float().cpu().numpy()
         return result[0] if result.shape[0] == 1 else result
+
+    def forward(self, input_img: torch.Tensor) -> Any:
+        """The model's output for ``input_img`` (no guidance)."""
+        return self.model(input_img)
+
+    def recursive_replace_relu_with_guidedrelu(self, module_top: nn.Module) -> None:
+        """Replace every ``nn.ReLU`` inside ``module_top`` by a ``GuidedBackpropReLUasModule``
+        (this changes ``module_top``; ``__call__`` does not need it)."""
+        replace_all_layer_type_recursive(module_top, nn.ReLU, GuidedBackpropReLUasModule())
+
+    def recursive_replace_guidedrelu_with_relu(self, module_top: nn.Module) -> None:
+        """Undo :meth:`recursive_replace_relu_with_guidedrelu`: back to ``nn.ReLU``."""
+        replace_all_layer_type_recursive(module_top, GuidedBackpropReLUasModule, nn.ReLU())
 
 
 def _category_index(target_category: Any, scores: torch.Tensor) -> torch.Tensor:

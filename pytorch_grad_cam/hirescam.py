@@ -5,9 +5,13 @@ from __future__ import annotations
 import torch
 
 from pytorch_grad_cam.base_cam import BaseCAM, LayerContext
+from pytorch_grad_cam.incumbent_hooks import CategoryNamedImage
+from pytorch_grad_cam.utils.svd_on_activations import (
+    get_2d_projection as get_2d_projection,  # re-exported: the incumbent's path
+)
 
 
-class HiResCAM(BaseCAM):
+class HiResCAM(CategoryNamedImage, BaseCAM):
     """Multiplies the activations by their gradients element-wise, without averaging.
 
     ``map = ReLU(sum_k dy/dA^k * A^k)``; the map sums exactly to the first-order
@@ -16,7 +20,7 @@ class HiResCAM(BaseCAM):
 
     supports_create_graph = True
 
-    def get_cam_weights(
+    def layer_weights(
         self, activations: torch.Tensor, gradients: torch.Tensor, context: LayerContext
     ) -> torch.Tensor:
         return gradients

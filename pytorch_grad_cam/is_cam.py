@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
-import ttach
 from torch import nn
 
-from pytorch_grad_cam.base_cam import LayerContext, ReshapeTransform
+from pytorch_grad_cam.base_cam import CamOptions, LayerContext, ReshapeTransform
 from pytorch_grad_cam.score_cam import ScoreCAM
 from pytorch_grad_cam.smooth_grad_cam_pp import check_n_samples
-from pytorch_grad_cam.utils.model_outputs import OutputSelector
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 
 class ISCAM(ScoreCAM):
@@ -34,33 +36,27 @@ class ISCAM(ScoreCAM):
         model: nn.Module,
         target_layers: Sequence[nn.Module] | None = None,
         reshape_transform: ReshapeTransform | None = None,
-        tta_transforms: ttach.Compose | None = None,
-        output_selector: OutputSelector = None,
         batch_size: int = 32,
-        progress_bar: bool = False,
         n_samples: int = 10,
         *,
-        target_layer: nn.Module | None = None,
-        use_cuda: bool | None = None,
+        progress_bar: bool = False,
+        **options: Unpack[CamOptions],
     ) -> None:
         super().__init__(
             model,
             target_layers,
             reshape_transform,
-            tta_transforms,
-            output_selector,
-            batch_size,
-            progress_bar,
-            target_layer=target_layer,
-            use_cuda=use_cuda,
+            batch_size=batch_size,
+            progress_bar=progress_bar,
+            **options,
         )
         self.n_samples = check_n_samples(n_samples)
 
-    def get_cam_weights(
+    def layer_weights(
         self, activations: torch.Tensor, gradients: torch.Tensor | None, context: LayerContext
     ) -> torch.Tensor:
         check_n_samples(self.n_samples)
-        return super().get_cam_weights(activations, gradients, context)
+        return super().layer_weights(activations, gradients, context)
 
     def _variants(self) -> int:
         return self.n_samples

@@ -6,19 +6,23 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-import ttach
 from torch import nn
 
-from pytorch_grad_cam.base_cam import BaseCAM, LayerContext, ReshapeTransform
-from pytorch_grad_cam.utils.model_outputs import OutputSelector
+from pytorch_grad_cam.base_cam import BaseCAM, CamOptions, LayerContext, ReshapeTransform
+from pytorch_grad_cam.incumbent_hooks import CategoryNamedImage
+from pytorch_grad_cam.utils.kernel_pca import KERNELS, kernel_first_principal_component
+from pytorch_grad_cam.utils.svd_on_activations import (
+    get_2d_projection_kernel as get_2d_projection_kernel,  # re-exported: the incumbent's path
+)
 
-KERNELS = ("linear", "rbf", "poly", "sigmoid", "cosine")
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 
-class KPCA_CAM(BaseCAM):  # the incumbent's class name
+class KPCA_CAM(CategoryNamedImage, BaseCAM):  # the incumbent's class name
     """The first kernel principal component of the activations; no gradients, no target.
 
     For each image the activations form ``N`` points ``x_i`` (one per position, ``C``
@@ -65,24 +69,18 @@ class KPCA_CAM(BaseCAM):  # the incumbent's class name
         model: nn.Module,
         target_layers: Sequence[nn.Module] | None = None,
         reshape_transform: ReshapeTransform | None = None,
-        tta_transforms: ttach.Compose | None = None,
-        output_selector: OutputSelector = None,
         kernel: str = "sigmoid",
         gamma: float | None = None,
+        *,
         coef0: float = 1.0,
         degree: int = 3,
-        *,
-        target_layer: nn.Module | None = None,
-        use_cuda: bool | None = None,
+        **options: Unpack[CamOptions],
     ) -> None:
         super().__init__(
             model,
             target_layers,
             reshape_transform,
-            tta_transforms,
-            output_selector,
-            target_layer=target_layer,
-            use_cuda=use_cuda,
+            **options,
         )
         if kernel not in KERNELS:
             raise ValueError(
@@ -118,63 +116,6 @@ class KPCA_CAM(BaseCAM):  # the incumbent's class name
             features, self.kernel, self.gamma, self.coef0, self.degree
         )
         return torch.relu(projection)
-
-
-def kernel_first_principal_component(
-    features: torch.Tensor,
-    kernel: str = "sigmoid",
-    gamma: float | None = None,
-    coef0: float = 1.0,
-    degree: int = 3,
-) -> torch.Tensor:
-    """Project ``B x C x *spatial`` features on their first kernel principal component.
-
-    Returns ``B x *spatial``: ``sqrt(lambda_1) a_1`` of the centred kernel matrix over
-    positions, signed to correlate non-negatively with the centred channel sum (see
-    :class:`KPCA_CAM` for the kernels).
-    """
-    batch, channels = features.shape[:2]
-    spatial = features.shape[2:]
-    points = features.reshape(batch, channels, -1).transpose(1, 2)  # B x N x C
-    matrix = kernel_matrix(
-        points, kernel, 1.0 / channels if gamma is None else gamma, coef0, degree
-    )
-    centred = (
-        matrix
-        - matrix.mean(dim=1, keepdim=True)
-        - matrix.mean(dim=2, keepdim=True)
-        + matrix.mean(dim=(1, 2), keepdim=True)
-    )
-    eigenvalues, eigenvectors = torch.linalg.eigh(centred)  # ascending
-    projection = eigenvectors[:, :, -1] * eigenvalues[:, -1:].clamp(min=0).sqrt()
-    channel_sum = points.sum(dim=2)
-    channel_sum = channel_sum - channel_sum.mean(dim=1, keepdim=True)
-    agreement = (projection * channel_sum).sum(dim=1, keepdim=True)
-    sign = torch.where(agreement < 0, -1.0, 1.0)
-    return (projection * sign).reshape(batch, *spatial)
-
-
-def kernel_matrix(
-    points: torch.Tensor, kernel: str, gamma: float, coef0: float, degree: int
-) -> torch.Tensor:
-    """``B x N x N`` kernel values between the ``B x N x C`` points of each image."""
-    if kernel == "linear":
-        # Centring the points first is exact for this kernel (the matrix is centred
-        # afterwards anyway) and avoids the cancellation of centring a large matrix.
-        centred = points - points.mean(dim=1, keepdim=True)
-        return centred @ centred.transpose(1, 2)
-    if kernel == "cosine":
-        norms = points.norm(dim=2, keepdim=True)
-        unit = points / torch.where(norms > 0, norms, torch.ones_like(norms))
-        return unit @ unit.transpose(1, 2)
-    if kernel == "rbf":
-        return torch.exp(-gamma * torch.cdist(points, points).square())
-    products = points @ points.transpose(1, 2)
-    if kernel == "poly":
-        return (gamma * products + coef0).pow(degree)
-    if kernel == "sigmoid":
-        return torch.tanh(gamma * products + coef0)
-    raise ValueError(f"kernel must be one of {', '.join(map(repr, KERNELS))}, got {kernel!r}.")
 
 
 def _is_finite_number(value: Any) -> bool:

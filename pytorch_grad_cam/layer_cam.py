@@ -5,9 +5,13 @@ from __future__ import annotations
 import torch
 
 from pytorch_grad_cam.base_cam import BaseCAM, LayerContext
+from pytorch_grad_cam.incumbent_hooks import CategoryNamedImage
+from pytorch_grad_cam.utils.svd_on_activations import (
+    get_2d_projection as get_2d_projection,  # re-exported: the incumbent's path
+)
 
 
-class LayerCAM(BaseCAM):
+class LayerCAM(CategoryNamedImage, BaseCAM):
     """Weights every position by its positive gradient.
 
     ``map = ReLU(sum_k ReLU(dy/dA^k) * A^k)`` (element-wise); reliable in early layers too.
@@ -15,7 +19,7 @@ class LayerCAM(BaseCAM):
 
     supports_create_graph = True
 
-    def get_cam_weights(
+    def layer_weights(
         self, activations: torch.Tensor, gradients: torch.Tensor, context: LayerContext
     ) -> torch.Tensor:
         return torch.relu(gradients)

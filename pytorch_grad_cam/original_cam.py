@@ -4,15 +4,24 @@ for Discriminative Localization", https://arxiv.org/abs/1512.04150)."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
-import ttach
 from torch import nn
 
-from pytorch_grad_cam.base_cam import BaseCAM, LayerContext, ReshapeTransform, warn_at_caller
+from pytorch_grad_cam.base_cam import (
+    BaseCAM,
+    CamOptions,
+    LayerContext,
+    ReshapeTransform,
+    warn_at_caller,
+)
 from pytorch_grad_cam.utils.maps import spatial_axes
-from pytorch_grad_cam.utils.model_outputs import OutputSelector, select_output
+from pytorch_grad_cam.utils.model_outputs import select_output
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 
 class CAM(BaseCAM):
@@ -42,21 +51,14 @@ class CAM(BaseCAM):
         model: nn.Module,
         target_layers: Sequence[nn.Module] | None = None,
         reshape_transform: ReshapeTransform | None = None,
-        tta_transforms: ttach.Compose | None = None,
-        output_selector: OutputSelector = None,
         fc_layer: nn.Linear | None = None,
-        *,
-        target_layer: nn.Module | None = None,
-        use_cuda: bool | None = None,
+        **options: Unpack[CamOptions],
     ) -> None:
         super().__init__(
             model,
             target_layers,
             reshape_transform,
-            tta_transforms,
-            output_selector,
-            target_layer=target_layer,
-            use_cuda=use_cuda,
+            **options,
         )
         if fc_layer is not None and not isinstance(fc_layer, nn.Linear):
             raise TypeError(
@@ -65,7 +67,7 @@ class CAM(BaseCAM):
         self.fc_layer = fc_layer
         self._warned_layers: set[int] = set()
 
-    def get_cam_weights(
+    def layer_weights(
         self, activations: torch.Tensor, gradients: torch.Tensor | None, context: LayerContext
     ) -> torch.Tensor:
         fc = self.fc_layer or _find_classifier(self.model, activations.shape[1])

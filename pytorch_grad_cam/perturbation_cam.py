@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import ttach
 from torch import nn
 
-from pytorch_grad_cam.base_cam import BaseCAM, ReshapeTransform, is_positive_int
-from pytorch_grad_cam.utils.model_outputs import OutputSelector
+from pytorch_grad_cam.base_cam import BaseCAM, CamOptions, ReshapeTransform, is_positive_int
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 
 class PerturbationCAM(BaseCAM):
@@ -31,22 +32,16 @@ class PerturbationCAM(BaseCAM):
         model: nn.Module,
         target_layers: Sequence[nn.Module] | None = None,
         reshape_transform: ReshapeTransform | None = None,
-        tta_transforms: ttach.Compose | None = None,
-        output_selector: OutputSelector = None,
+        *,
         batch_size: int = 32,
         progress_bar: bool = False,
-        *,
-        target_layer: nn.Module | None = None,
-        use_cuda: bool | None = None,
+        **options: Unpack[CamOptions],
     ) -> None:
         super().__init__(
             model,
             target_layers,
             reshape_transform,
-            tta_transforms,
-            output_selector,
-            target_layer=target_layer,
-            use_cuda=use_cuda,
+            **options,
         )
         self.batch_size = check_batch_size(batch_size)
         self.progress_bar = progress_bar

@@ -3,16 +3,25 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
-import ttach
 from torch import nn
 
-from pytorch_grad_cam.base_cam import BaseCAM, LayerContext, ReshapeTransform, is_integer
-from pytorch_grad_cam.utils.model_outputs import OutputSelector
+from pytorch_grad_cam.base_cam import (
+    BaseCAM,
+    CamOptions,
+    LayerContext,
+    ReshapeTransform,
+    is_integer,
+)
+from pytorch_grad_cam.incumbent_hooks import CategoryNamedWeights
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 
-class RandomCAM(BaseCAM):
+class RandomCAM(CategoryNamedWeights, BaseCAM):
     """Weights each channel by a random number: what a map that knows nothing scores.
 
     ``w_k ~ Uniform[-1, 1]``, drawn independently for every image, channel and target
@@ -42,22 +51,16 @@ class RandomCAM(BaseCAM):
         model: nn.Module,
         target_layers: Sequence[nn.Module] | None = None,
         reshape_transform: ReshapeTransform | None = None,
-        tta_transforms: ttach.Compose | None = None,
-        output_selector: OutputSelector = None,
         *,
         seed: int | None = None,
         generator: torch.Generator | None = None,
-        target_layer: nn.Module | None = None,
-        use_cuda: bool | None = None,
+        **options: Unpack[CamOptions],
     ) -> None:
         super().__init__(
             model,
             target_layers,
             reshape_transform,
-            tta_transforms,
-            output_selector,
-            target_layer=target_layer,
-            use_cuda=use_cuda,
+            **options,
         )
         if seed is not None and generator is not None:
             raise TypeError("Pass seed= or generator=, not both.")
@@ -72,7 +75,7 @@ class RandomCAM(BaseCAM):
             )
         self.generator = generator
 
-    def get_cam_weights(
+    def layer_weights(
         self,
         activations: torch.Tensor,
         gradients: torch.Tensor | None,

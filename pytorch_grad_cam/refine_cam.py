@@ -6,20 +6,21 @@ project's own definition, stated in full so that it can be checked.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import torch
-import ttach
 from torch import nn
 
-from pytorch_grad_cam.base_cam import BaseCAM, LayerContext, ReshapeTransform, Target
-from pytorch_grad_cam.grad_cam import GradCAM
+from pytorch_grad_cam.base_cam import BaseCAM, ReshapeTransform, Target
+from pytorch_grad_cam.grad_cam_plusplus import GradCAMPlusPlus
+from pytorch_grad_cam.utils.image import scale_cam_image as scale_cam_image  # re-exported
 from pytorch_grad_cam.utils.maps import resize_maps, scale_to_unit_range
-from pytorch_grad_cam.utils.model_outputs import OutputSelector
 
 
-class RefineCAM(BaseCAM):
+class RefineCAM:
     """Coarse-to-fine: the deepest layer's map, gated by each shallower layer's map.
 
     ``target_layers`` run from shallow to deep. With ``M_l`` the base method's map of
@@ -38,96 +39,96 @@ class RefineCAM(BaseCAM):
     backward) pass; ``aug_smooth`` refines each augmentation's maps, then averages.
 
     Args:
-        base_method: the ``BaseCAM`` subclass that computes each layer's map (default
-            :class:`~pytorch_grad_cam.grad_cam.GradCAM`).
-        **base_kwargs: passed to ``base_method``'s constructor (e.g. ``batch_size``).
+        model, target_layers, reshape_transform: as for every method.
+        base_method: the CAM class that computes each layer's map (default
+            :class:`~pytorch_grad_cam.grad_cam_plusplus.GradCAMPlusPlus`, as in grad-cam
+            1.5.7).
+        **kwargs: passed to ``base_method``'s constructor (``batch_size``,
+            ``output_selector``, ``tta_transforms``, ...).
 
-    The other arguments are those of :class:`~pytorch_grad_cam.base_cam.BaseCAM`.
+    ``cam.base`` is an instance of ``base_method`` whose layer combination is the one
+    above (a subclass replacing :meth:`~pytorch_grad_cam.base_cam.BaseCAM.combine_layer_maps`).
     """
-
-    supports_extra_inputs = False  # the base method runs the model
 
     def __init__(
         self,
         model: nn.Module,
         target_layers: Sequence[nn.Module] | None = None,
         reshape_transform: ReshapeTransform | None = None,
-        tta_transforms: ttach.Compose | None = None,
-        output_selector: OutputSelector = None,
-        base_method: type[BaseCAM] = GradCAM,
-        *,
-        target_layer: nn.Module | None = None,
-        use_cuda: bool | None = None,
-        **base_kwargs: Any,
+        base_method: type[BaseCAM] = GradCAMPlusPlus,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(
-            model,
-            target_layers,
-            reshape_transform,
-            tta_transforms,
-            output_selector,
-            target_layer=target_layer,
-            use_cuda=use_cuda,
-        )
         if not (isinstance(base_method, type) and issubclass(base_method, BaseCAM)):
             raise TypeError(
                 f"base_method must be a CAM class (a BaseCAM subclass such as GradCAM), got "
                 f"{base_method!r}; pass the class itself, not an instance."
             )
-        if issubclass(base_method, RefineCAM) or base_method.__call__ is not BaseCAM.__call__:
-            raise TypeError(
-                f"base_method={base_method.__name__} wraps another method itself; RefineCAM "
-                "needs a method that maps one layer, such as GradCAM (to combine the two, "
-                f"wrap RefineCAM in {base_method.__name__} instead)."
-            )
-        self.base = base_method(
-            model,
-            target_layers=self.target_layers,
-            reshape_transform=self.reshape_transform,
-            tta_transforms=self.tta_transforms,
-            output_selector=output_selector,
-            **base_kwargs,
-        )
-        self.uses_gradients = self.base.uses_gradients
-        self.uses_targets = self.base.uses_targets
-        self.uses_principal_component = self.base.uses_principal_component
+        self.base = refining(base_method)(model, target_layers, reshape_transform, **kwargs)
 
-    # The method's part is the base method's; only the combination of the layers differs.
-    def get_cam_weights(
-        self, activations: torch.Tensor, gradients: torch.Tensor | None, context: LayerContext
-    ) -> torch.Tensor:
-        return self.base.get_cam_weights(activations, gradients, context)
+    @property
+    def model(self) -> nn.Module:
+        """The explained model (the base method's)."""
+        return self.base.model
 
-    def weighted_activations(
-        self, activations: torch.Tensor, gradients: torch.Tensor | None, context: LayerContext
-    ) -> torch.Tensor:
-        return self.base.weighted_activations(activations, gradients, context)
+    @property
+    def outputs(self) -> Any:
+        """The model's output of the last call."""
+        return self.base.outputs
 
-    def _forward(
-        self, input_tensor: torch.Tensor, targets: Sequence[Target] | None
-    ) -> tuple[list[torch.Tensor], list[torch.Tensor | None], list[Target] | None, Any]:
-        result = self.base._forward(input_tensor, targets)
-        self.outputs = self.base.outputs
-        return result
-
-    def _layer_map(
+    def __call__(
         self,
-        activations: torch.Tensor,
-        gradients: torch.Tensor | None,
-        eigen_smooth: bool,
-        context: LayerContext,
-    ) -> torch.Tensor:
-        return self.base._layer_map(activations, gradients, eigen_smooth, context)
+        input_tensor: torch.Tensor,
+        targets: Sequence[Target] | None = None,
+        eigen_smooth: bool = False,
+        *,
+        aug_smooth: bool = False,
+        scale: bool = True,
+        as_tensor: bool = False,
+    ) -> np.ndarray | torch.Tensor:
+        """The refined maps, one per image (the arguments are those of
+        :meth:`BaseCAM.__call__ <pytorch_grad_cam.base_cam.BaseCAM.__call__>`)."""
+        return self.base(
+            input_tensor, targets, aug_smooth, eigen_smooth, scale=scale, as_tensor=as_tensor
+        )
 
-    def _combine_layer_maps(
-        self, layer_maps: list[torch.Tensor], size: Sequence[int], scale: bool
+    def forward(
+        self,
+        input_tensor: torch.Tensor,
+        targets: Sequence[Target] | None = None,
+        eigen_smooth: bool = False,
+    ) -> np.ndarray:
+        """The maps as a numpy array: ``cam(input_tensor, targets, eigen_smooth)``."""
+        return self(input_tensor, targets, eigen_smooth)
+
+    def close(self) -> None:
+        """Release the base method's last output."""
+        self.base.close()
+
+    def __enter__(self) -> RefineCAM:
+        """The CAM itself; leaving the block releases ``outputs``."""
+        return self
+
+    def __exit__(self, exc_type: Any, exc_value: Any, exc_tb: Any) -> bool:
+        """Release; never swallow an exception."""
+        self.close()
+        return False
+
+
+@functools.cache
+def refining(base_method: type[BaseCAM]) -> type[BaseCAM]:
+    """``base_method`` with its layers' maps combined by :func:`refine_maps`."""
+
+    def combine_layer_maps(
+        self: BaseCAM, layer_maps: list[torch.Tensor], size: Sequence[int], scale: bool
     ) -> torch.Tensor:
         refined = refine_maps([resize_maps(layer_map, size) for layer_map in layer_maps])
         return scale_to_unit_range(refined) if scale else refined
 
-    def close(self) -> None:
-        self.base.close()
-        super().close()
+    return type(
+        f"Refined{base_method.__name__}",
+        (base_method,),
+        {"combine_layer_maps": combine_layer_maps, "__module__": __name__},
+    )
 
 
 def refine_maps(maps: Sequence[torch.Tensor]) -> torch.Tensor:

@@ -5,9 +5,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import torch
+from torch import nn
 from tqdm import tqdm
 
+from pytorch_grad_cam.base_cam import BaseCAM as BaseCAM  # re-exported: the incumbent's path
 from pytorch_grad_cam.base_cam import LayerContext, Target
 from pytorch_grad_cam.perturbation_cam import PerturbationCAM, check_batch_size
 from pytorch_grad_cam.utils.maps import resize_maps, scale_to_unit_range
@@ -17,7 +20,8 @@ class ScoreCAM(PerturbationCAM):
     """Weights each channel by the target score of the input masked with that channel.
 
     For image ``X`` and channel ``k`` of the target layer's activations ``A``:
-    ``H^k = s(Up(A^k))``, the channel upsampled to the input's size and min-max
+    ``H^k = s(Up(A^k))``, the channel upsampled to the input's size (bilinear, corners
+    aligned, as grad-cam 1.5.7 upsamples these masks; the paper does not say) and min-max
     normalised to [0, 1] (``s(M) = (M - min M) / (max M - min M)``; a constant map is
     all zeros); ``S^k = y(X * H^k)``, the target's score on the masked input (the mask
     is broadcast over the input's channels);
@@ -39,6 +43,17 @@ class ScoreCAM(PerturbationCAM):
     """
 
     def get_cam_weights(
+        self,
+        input_tensor: torch.Tensor,
+        target_layer: nn.Module,
+        targets: Sequence[Any] | None,
+        activations: Any,
+        grads: Any,
+    ) -> np.ndarray:
+        """The incumbent's numpy hook, with its names here (see ``BaseCAM.get_cam_weights``)."""
+        return super().get_cam_weights(input_tensor, target_layer, targets, activations, grads)
+
+    def layer_weights(
         self,
         activations: torch.Tensor,
         gradients: torch.Tensor | None,
@@ -140,7 +155,7 @@ class ScoreCAM(PerturbationCAM):
 def _upsampled_masks(maps: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     """``maps`` (normalised at their own resolution) upsampled to ``size`` and min-max
     normalised there (in place: two full-size temporaries fewer per chunk)."""
-    upsampled = resize_maps(maps, size)
+    upsampled = resize_maps(maps, size, align_corners=True)
     if upsampled is maps:
         return maps  # already at the input's size, and normalisation is idempotent
     return scale_to_unit_range(upsampled, in_place=True)

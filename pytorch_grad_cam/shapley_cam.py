@@ -13,11 +13,15 @@ from pytorch_grad_cam.base_cam import (
     LayerContext,
     Target,
 )
+from pytorch_grad_cam.incumbent_hooks import CategoryNamedWeights
 from pytorch_grad_cam.utils.maps import spatial_axes
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputReST
+from pytorch_grad_cam.utils.model_targets import (
+    ClassifierOutputTarget as ClassifierOutputTarget,  # re-exported: the incumbent's path
+)
 
 
-class ShapleyCAM(BaseCAM):
+class ShapleyCAM(CategoryNamedWeights, BaseCAM):
     """Grad-CAM with second-order weights: each channel's share of a Shapley value.
 
     A second-order Taylor expansion of the score ``y`` around the activations ``A``
@@ -42,7 +46,7 @@ class ShapleyCAM(BaseCAM):
     are passed are used as given.
     """
 
-    def get_cam_weights(
+    def layer_weights(
         self, activations: torch.Tensor, gradients: torch.Tensor, context: LayerContext
     ) -> torch.Tensor:
         # ``gradients`` is g - 1/2 H A here (see _forward).

@@ -4,26 +4,27 @@ from __future__ import annotations
 
 import numbers
 from collections.abc import Sequence
-from typing import Any, Union
+from typing import TYPE_CHECKING, Any, Union
 
 import torch
-import ttach
 from torch import nn
 from tqdm.auto import tqdm
 
-from pytorch_grad_cam.activations_and_gradients import LayerRecorder
+from pytorch_grad_cam.activations_and_gradients import LayerRecorder, check_reached
 from pytorch_grad_cam.base_cam import (
+    CamOptions,
     LayerContext,
     ReshapeTransform,
     Target,
-    check_reached,
     is_positive_int,
     layer_gradients,
 )
 from pytorch_grad_cam.grad_cam_plusplus import GradCAMPlusPlus
 from pytorch_grad_cam.perturbation_cam import check_batch_size
 from pytorch_grad_cam.utils.maps import spatial_axes
-from pytorch_grad_cam.utils.model_outputs import OutputSelector
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 #: A ``torch.Generator`` (its stream continues from call to call), an int seed (every call
 #: draws the same noise), or ``None`` (torch's global generator).
@@ -68,25 +69,19 @@ class SmoothGradCAMpp(GradCAMPlusPlus):
         model: nn.Module,
         target_layers: Sequence[nn.Module] | None = None,
         reshape_transform: ReshapeTransform | None = None,
-        tta_transforms: ttach.Compose | None = None,
-        output_selector: OutputSelector = None,
         n_samples: int = 25,
         stdev_spread: float = 0.15,
         batch_size: int = 32,
+        *,
         generator: NoiseSource = None,
         progress_bar: bool = False,
-        *,
-        target_layer: nn.Module | None = None,
-        use_cuda: bool | None = None,
+        **options: Unpack[CamOptions],
     ) -> None:
         super().__init__(
             model,
             target_layers,
             reshape_transform,
-            tta_transforms,
-            output_selector,
-            target_layer=target_layer,
-            use_cuda=use_cuda,
+            **options,
         )
         self.n_samples = check_n_samples(n_samples)
         self.stdev_spread = check_stdev_spread(stdev_spread)
@@ -107,7 +102,7 @@ class SmoothGradCAMpp(GradCAMPlusPlus):
         self._moments = self._noisy_moments(input_tensor, targets, layer_outputs)
         return layer_outputs, gradients, targets, scores
 
-    def get_cam_weights(
+    def layer_weights(
         self, activations: torch.Tensor, gradients: torch.Tensor | None, context: LayerContext
     ) -> torch.Tensor:
         assert self._moments is not None  # set by _forward in the same call

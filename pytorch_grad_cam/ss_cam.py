@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
-import ttach
 from torch import nn
 
-from pytorch_grad_cam.base_cam import LayerContext, ReshapeTransform, Target
+from pytorch_grad_cam.base_cam import CamOptions, LayerContext, ReshapeTransform, Target
 from pytorch_grad_cam.score_cam import ScoreCAM
 from pytorch_grad_cam.smooth_grad_cam_pp import (
     NoiseSource,
@@ -18,7 +17,9 @@ from pytorch_grad_cam.smooth_grad_cam_pp import (
     check_stdev_spread,
     noise_drawer,
 )
-from pytorch_grad_cam.utils.model_outputs import OutputSelector
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 
 class SSCAM(ScoreCAM):
@@ -48,27 +49,21 @@ class SSCAM(ScoreCAM):
         model: nn.Module,
         target_layers: Sequence[nn.Module] | None = None,
         reshape_transform: ReshapeTransform | None = None,
-        tta_transforms: ttach.Compose | None = None,
-        output_selector: OutputSelector = None,
         batch_size: int = 32,
-        progress_bar: bool = False,
         n_samples: int = 10,
         stdev_spread: float = 0.15,
-        generator: NoiseSource = None,
         *,
-        target_layer: nn.Module | None = None,
-        use_cuda: bool | None = None,
+        generator: NoiseSource = None,
+        progress_bar: bool = False,
+        **options: Unpack[CamOptions],
     ) -> None:
         super().__init__(
             model,
             target_layers,
             reshape_transform,
-            tta_transforms,
-            output_selector,
-            batch_size,
-            progress_bar,
-            target_layer=target_layer,
-            use_cuda=use_cuda,
+            batch_size=batch_size,
+            progress_bar=progress_bar,
+            **options,
         )
         self.n_samples = check_n_samples(n_samples)
         self.stdev_spread = check_stdev_spread(stdev_spread)
@@ -76,14 +71,14 @@ class SSCAM(ScoreCAM):
         self._draw: Callable[..., torch.Tensor] | None = None
         self._noise: _NoiseStream | None = None
 
-    def get_cam_weights(
+    def layer_weights(
         self, activations: torch.Tensor, gradients: torch.Tensor | None, context: LayerContext
     ) -> torch.Tensor:
         check_n_samples(self.n_samples)
         check_stdev_spread(self.stdev_spread)
         self._draw = noise_drawer(check_generator(self.generator), context.input_tensor)
         try:
-            return super().get_cam_weights(activations, gradients, context)
+            return super().layer_weights(activations, gradients, context)
         finally:
             self._draw = self._noise = None
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 import torch
 
 from pytorch_grad_cam.base_cam import BaseCAM, LayerContext
+from pytorch_grad_cam.incumbent_hooks import CategoryNamedWeights
 from pytorch_grad_cam.utils.maps import spatial_axes
 
 
-class XGradCAM(BaseCAM):
+class XGradCAM(CategoryNamedWeights, BaseCAM):
     """Weights each channel by its gradients averaged with the normalised activations.
 
     ``w_k = sum_ij (A^k_ij / sum_ab A^k_ab) dy/dA^k_ij`` (0 for a channel whose activations
@@ -17,7 +18,7 @@ class XGradCAM(BaseCAM):
 
     supports_create_graph = True
 
-    def get_cam_weights(
+    def layer_weights(
         self, activations: torch.Tensor, gradients: torch.Tensor, context: LayerContext
     ) -> torch.Tensor:
         axes = spatial_axes(activations)

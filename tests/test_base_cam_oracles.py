@@ -208,12 +208,20 @@ def test_batch_equals_per_image_with_a_target_per_image(method):
     assert not np.allclose(batch[0], batch[1])
 
 
-def test_several_layers_average_their_scaled_maps(gap_net, image_batch):
+def test_several_layers_average_their_scaled_maps_then_rescale(gap_net, image_batch):
+    """As grad-cam 1.5.7: each layer's map in [0, 1], their mean scaled to [0, 1] again."""
     layers = [gap_net.features[1], gap_net.features[3]]
     targets = CATEGORIES_AS_TARGETS()
     both = GradCAM(gap_net, layers)(image_batch, targets)
     each = [GradCAM(gap_net, [layer])(image_batch, targets) for layer in layers]
-    np.testing.assert_allclose(both, (each[0] + each[1]) / 2, atol=1e-6)
+    mean = (each[0] + each[1]) / 2
+    low = mean.min(axis=(1, 2), keepdims=True)
+    high = mean.max(axis=(1, 2), keepdims=True)
+    np.testing.assert_allclose(both, (mean - low) / (high - low), atol=1e-6)
+    assert both.reshape(len(both), -1).max(axis=1).tolist() == [1.0] * len(both)
+    raw = GradCAM(gap_net, layers)(image_batch, targets, scale=False)
+    raw_each = [GradCAM(gap_net, [layer])(image_batch, targets, scale=False) for layer in layers]
+    np.testing.assert_allclose(raw, (raw_each[0] + raw_each[1]) / 2, rtol=1e-5, atol=1e-7)
 
 
 def test_targets_none_explains_the_top_class(gap_net, image_batch):

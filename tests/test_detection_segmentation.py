@@ -22,13 +22,14 @@ from torchvision.models.detection import fasterrcnn_mobilenet_v3_large_320_fpn
 from torchvision.models.segmentation import deeplabv3_mobilenet_v3_large
 
 from pytorch_grad_cam import AblationCAM, EigenCAM, GradCAM, GradCAMPlusPlus, ScoreCAM
+from pytorch_grad_cam.ablation_layer import AblationLayerFasterRCNN
 from pytorch_grad_cam.activations_and_gradients import LayerRecorder
 from pytorch_grad_cam.utils.model_targets import (
     ClassifierOutputTarget,
     FasterRCNNBoxScoreTarget,
     SemanticSegmentationTarget,
 )
-from pytorch_grad_cam.utils.reshape_transforms import fasterrcnn_reshape_transform
+from pytorch_grad_cam.utils.reshape_transforms import fpn_reshape_transform
 
 REPO = Path(__file__).resolve().parent.parent
 SEGMENTATION_CLASSES = 3
@@ -353,9 +354,9 @@ def pyramid() -> OrderedDict[str, torch.Tensor]:
     )
 
 
-def test_fasterrcnn_reshape_transform_resizes_to_the_first_level_and_concatenates():
+def test_fpn_reshape_transform_resizes_to_the_first_level_and_concatenates():
     levels = pyramid()
-    result = fasterrcnn_reshape_transform(levels)
+    result = fpn_reshape_transform(levels)
     assert result.shape == (2, 2 + 3 + 1, 8, 12)
     torch.testing.assert_close(result[:, :2], levels["0"], rtol=0, atol=0)
     upsampled = F.interpolate(levels["1"], size=(8, 12), mode="bilinear", align_corners=False)
@@ -372,33 +373,33 @@ def test_fasterrcnn_reshape_transform_resizes_to_the_first_level_and_concatenate
         assert float(row[2 * j]) == pytest.approx(float(expected), abs=1e-5)
 
 
-def test_fasterrcnn_reshape_transform_chosen_level_and_other_containers():
+def test_fpn_reshape_transform_chosen_level_and_other_containers():
     levels = pyramid()
-    coarse = fasterrcnn_reshape_transform(levels, level="pool")
+    coarse = fpn_reshape_transform(levels, level="pool")
     assert coarse.shape == (2, 6, 2, 3)
     shrunk = F.interpolate(
         levels["0"], size=(2, 3), mode="bilinear", align_corners=False, antialias=True
     )
     torch.testing.assert_close(coarse[:, :2], shrunk)
-    torch.testing.assert_close(fasterrcnn_reshape_transform(levels, level=-1), coarse)
-    middle = fasterrcnn_reshape_transform(list(levels.values()), level=1)
+    torch.testing.assert_close(fpn_reshape_transform(levels, level=-1), coarse)
+    middle = fpn_reshape_transform(list(levels.values()), level=1)
     assert middle.shape == (2, 6, 4, 6)
     torch.testing.assert_close(middle[:, 2:5], levels["1"], rtol=0, atol=0)
     single = levels["0"]
-    assert fasterrcnn_reshape_transform(single) is single
+    assert fpn_reshape_transform(single) is single
     with pytest.raises(ValueError, match="level='p2' is not one of the levels"):
-        fasterrcnn_reshape_transform(levels, level="p2")
+        fpn_reshape_transform(levels, level="p2")
     with pytest.raises(ValueError, match="out of range"):
-        fasterrcnn_reshape_transform(levels, level=3)
+        fpn_reshape_transform(levels, level=3)
 
 
-def test_fasterrcnn_reshape_transform_on_the_detectors_backbone(det_model):
+def test_fpn_reshape_transform_on_the_detectors_backbone(det_model):
     x = image_batch(1, 128, 128, seed=12)
     images = det_model.transform([x[0]])[0].tensors
     with torch.no_grad():
         features = det_model.backbone(images)
     assert list(features) == ["0", "1", "pool"]
-    result = fasterrcnn_reshape_transform(features)
+    result = fpn_reshape_transform(features)
     assert result.shape == (1, 3 * 256, *features["0"].shape[-2:])
     torch.testing.assert_close(result[:, 256:512], features["1"], rtol=0, atol=0)
 
@@ -408,7 +409,7 @@ def test_gradcam_on_the_whole_backbone_with_the_fpn_transform(det_model):
     detection = detect(det_model, x)[0]
     target = FasterRCNNBoxScoreTarget(detection["labels"][:3], detection["boxes"][:3])
     before = snapshot(det_model)
-    cam = GradCAM(det_model, [det_model.backbone], reshape_transform=fasterrcnn_reshape_transform)
+    cam = GradCAM(det_model, [det_model.backbone], reshape_transform=fpn_reshape_transform)
     result = cam(x, targets=[target])
     assert_same_state(before, snapshot(det_model))
     expected = gradcam_by_hand(
@@ -416,7 +417,7 @@ def test_gradcam_on_the_whole_backbone_with_the_fpn_transform(det_model):
         [det_model.backbone],
         x,
         lambda output: target(output[0]),
-        transform=fasterrcnn_reshape_transform,
+        transform=fpn_reshape_transform,
     )
     assert result.shape == (1, 128, 128)
     np.testing.assert_allclose(result, expected, atol=2e-5)
@@ -447,7 +448,7 @@ class Combined(nn.Module):
     """The levels combined as one tensor, by the transform the CAMs are given."""
 
     def forward(self, levels):
-        return fasterrcnn_reshape_transform(levels)
+        return fpn_reshape_transform(levels)
 
 
 class PyramidNet(nn.Module):
@@ -499,7 +500,7 @@ def pyramid_closed_form(model: PyramidNet, x: torch.Tensor, method: str) -> torc
     factors = (2.0, 3.0) if model.in_place else (1.0, 1.0)
     with torch.no_grad():
         levels = model.levels(torch.relu(model.stem(x)))
-        activations = fasterrcnn_reshape_transform(levels).double()
+        activations = fpn_reshape_transform(levels).double()
         gradients = []
         for head, factor in zip((model.fine_head, model.coarse_head), factors):
             gradients.append(factor * head.weight[PYRAMID_CATEGORIES].double())  # B x channels
@@ -528,9 +529,7 @@ GRADIENT_METHODS = {"gradcam": GradCAM, "gradcam++": GradCAMPlusPlus}
 @pytest.mark.parametrize("in_place", [False, True], ids=["plain", "in_place_downstream"])
 def test_gradient_cams_on_a_mapping_output_are_the_closed_form(name, in_place):
     model, x, targets = pyramid_setup(in_place)
-    cam = GRADIENT_METHODS[name](
-        model, [model.levels], reshape_transform=fasterrcnn_reshape_transform
-    )
+    cam = GRADIENT_METHODS[name](model, [model.levels], reshape_transform=fpn_reshape_transform)
     raw = cam(x, targets=targets, scale=False, as_tensor=True)
     expected = pyramid_closed_form(model, x, name)
     assert raw.shape == (2, 12, 16)
@@ -544,7 +543,7 @@ def test_gradient_cams_on_a_mapping_output_are_the_closed_form(name, in_place):
 @pytest.mark.parametrize("method", [EigenCAM, ScoreCAM], ids=lambda m: m.__name__)
 def test_activation_cams_on_a_mapping_equal_its_single_tensor_twin(method):
     model, x, targets = pyramid_setup()
-    on_mapping = method(model, [model.levels], reshape_transform=fasterrcnn_reshape_transform)
+    on_mapping = method(model, [model.levels], reshape_transform=fpn_reshape_transform)
     on_twin = method(model, [model.probe])
     np.testing.assert_allclose(
         on_mapping(x, targets=targets), on_twin(x, targets=targets), rtol=1e-5, atol=1e-6
@@ -553,15 +552,17 @@ def test_activation_cams_on_a_mapping_equal_its_single_tensor_twin(method):
 
 def test_a_mapping_and_a_tensor_layer_together_average_their_maps():
     model, x, targets = pyramid_setup()
-    transform = fasterrcnn_reshape_transform  # returns a single tensor as it is
+    transform = fpn_reshape_transform  # returns a single tensor as it is
 
     def maps(layers):
         return GradCAM(model, layers, reshape_transform=transform)(x, targets=targets)
 
     both = maps([model.levels, model.stem])
-    np.testing.assert_allclose(
-        both, (maps([model.levels]) + maps([model.stem])) / 2, rtol=1e-5, atol=1e-6
-    )
+    mean = (maps([model.levels]) + maps([model.stem])) / 2
+    low = mean.min(axis=(1, 2), keepdims=True)
+    high = mean.max(axis=(1, 2), keepdims=True)
+    # Averaged, then scaled to [0, 1] again (as grad-cam 1.5.7 does).
+    np.testing.assert_allclose(both, (mean - low) / (high - low), rtol=1e-5, atol=1e-6)
 
 
 def test_a_mapping_output_needs_a_reshape_transform():
@@ -570,7 +571,7 @@ def test_a_mapping_output_needs_a_reshape_transform():
         ValueError,
         match=r"target_layers\[0\] \(TwoLevels\) outputs a mapping \(OrderedDict\) of "
         r"tensors \(keys \['fine', 'coarse'\]\); pass a reshape_transform .* "
-        r"fasterrcnn_reshape_transform",
+        r"fpn_reshape_transform .* fasterrcnn_reshape_transform",
     ):
         GradCAM(model, [model.levels])(x, targets=targets)
     with pytest.raises(
@@ -583,15 +584,46 @@ def test_a_mapping_output_needs_a_reshape_transform():
         )
 
 
-def test_ablation_cam_on_a_mapping_output_is_a_clear_error():
+@pytest.mark.parametrize("ablation_layer", [None, AblationLayerFasterRCNN()], ids=["zero", "far"])
+def test_ablation_cam_on_a_feature_pyramid_ablates_each_levels_channels(ablation_layer):
+    """Channel k of the concatenated levels is channel k - offset of its level: ablating
+    it equals a full forward pass with that level channel set to the ablation value
+    (0, or min - 1e7 with AblationLayerFasterRCNN)."""
     model, x, targets = pyramid_setup()
-    cam = AblationCAM(model, [model.levels], reshape_transform=fasterrcnn_reshape_transform)
-    with pytest.raises(
-        ValueError,
-        match=r"AblationCAM needs a layer whose output is one tensor.*\(TwoLevels\) outputs a "
-        r"mapping.*model.backbone.fpn.layer_blocks\[0\], or GradCAM / EigenCAM / ScoreCAM",
-    ):
-        cam(x, targets=targets)
+    model = model.double()
+    x = x.double()
+    cam = AblationCAM(
+        model,
+        [model.levels],
+        reshape_transform=fpn_reshape_transform,
+        ablation_layer=ablation_layer,
+    )
+    maps = cam(x, targets=targets, scale=False, as_tensor=True)
+    assert cam.ablation_paths == ["full forward"]
+    with torch.no_grad():
+        levels = model.levels(torch.relu(model.stem(x)))
+        activations = fpn_reshape_transform(levels)
+        scores = model(x)[torch.arange(2), PYRAMID_CATEGORIES]
+        value = (
+            0.0 if ablation_layer is None else min(float(v.min()) for v in levels.values()) - 1e7
+        )
+        keys = [(key, c) for key, level in levels.items() for c in range(level.shape[1])]
+        weights = torch.zeros(2, len(keys), dtype=torch.float64)
+        for k, (key, c) in enumerate(keys):
+
+            def ablate(module, inputs, output, key=key, c=c):
+                output = OrderedDict((name, level.clone()) for name, level in output.items())
+                output[key][:, c] = value
+                return output
+
+            handle = model.levels.register_forward_hook(ablate)
+            try:
+                ablated = model(x)[torch.arange(2), PYRAMID_CATEGORIES]
+            finally:
+                handle.remove()
+            weights[:, k] = (scores - ablated) / scores
+        expected = torch.relu((weights[:, :, None, None] * activations).sum(1))
+    torch.testing.assert_close(maps, expected.float(), rtol=1e-4, atol=1e-6)
 
 
 @pytest.mark.parametrize("track_gradients", [True, False])

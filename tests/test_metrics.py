@@ -652,14 +652,14 @@ def test_other_bad_arguments():
 # --------------------------------------------------------------------- RandomCAM
 def captured_weights(cam: RandomCAM) -> list:
     weights = []
-    original = cam.get_cam_weights
+    original = cam.layer_weights
 
     def spy(activations, gradients, context):
         result = original(activations, gradients, context)
         weights.append(result.flatten(1).clone())
         return result
 
-    cam.get_cam_weights = spy
+    cam.layer_weights = spy
     return weights
 
 

@@ -203,45 +203,64 @@ def test_faster_rcnn_target_hand_computed_ious():
 
 def test_faster_rcnn_target_best_match_is_iou_plus_score():
     result = FasterRCNNBoxScoreTarget([1], [REFERENCE_A])(detections())
-    assert result.ndim == 0
+    assert result.shape == (1,)  # as grad-cam 1.5.7
     assert float(result) == pytest.approx(1.0 + 0.9, abs=1e-6)
 
 
-def test_faster_rcnn_target_best_match_by_iou_plus_score_not_by_order():
-    # Box 1 (IoU 0.5) is not above the default threshold 0.5; with threshold 0.4 it is a
-    # candidate, and with a high score it beats box 0: 0.5 + 0.99 > 1.0 + 0.1.
+def test_faster_rcnn_target_match_is_the_highest_iou_whatever_its_score():
+    """A reference's match is its detection of highest IoU (box 0 for A, IoU 1), not the
+    one of highest IoU + score: box 1 (IoU 0.5) with a score of 0.99 does not win."""
     output = detections(scores=(0.1, 0.99, 0.7, 0.6))
     assert float(FasterRCNNBoxScoreTarget([1], [REFERENCE_A])(output)) == pytest.approx(1.1)
     result = FasterRCNNBoxScoreTarget([1], [REFERENCE_A], iou_threshold=0.4)(output)
-    assert float(result) == pytest.approx(0.5 + 0.99, abs=1e-6)
+    assert float(result) == pytest.approx(1.0 + 0.1, abs=1e-6)
 
 
-def test_faster_rcnn_target_label_mismatch_is_skipped():
-    # Reference B with label 1: box 2 (IoU 1) has label 2 and does not count; box 3
-    # (label 1, IoU 2/3) does.
-    result = FasterRCNNBoxScoreTarget([1], [REFERENCE_B])(detections())
-    assert float(result) == pytest.approx(2 / 3 + 0.6, abs=1e-6)
-    # With label 2 it is box 2.
+def test_faster_rcnn_target_a_better_box_of_another_class_gives_zero():
+    """Reference B's best box (IoU 1) has label 2: with label 1 the reference scores 0,
+    although box 3 (label 1, IoU 2/3) overlaps it (grad-cam 1.5.7's rule)."""
+    assert float(FasterRCNNBoxScoreTarget([1], [REFERENCE_B])(detections())) == 0.0
     result = FasterRCNNBoxScoreTarget([2], [REFERENCE_B])(detections())
     assert float(result) == pytest.approx(1.0 + 0.7, abs=1e-6)
-    # A label no detection has: nothing matches.
-    result = FasterRCNNBoxScoreTarget([5], [REFERENCE_B])(detections())
-    assert float(result) == 0.0
+    assert float(FasterRCNNBoxScoreTarget([5], [REFERENCE_B])(detections())) == 0.0
+    # Without box 2, box 3 is B's best match and its label matches.
+    output = detections()
+    output = {key: value[[0, 1, 3]] for key, value in output.items()}
+    result = FasterRCNNBoxScoreTarget([1], [REFERENCE_B], iou_threshold=0.6)(output)
+    assert float(result) == pytest.approx(2 / 3 + 0.6, abs=1e-6)
 
 
 def test_faster_rcnn_target_sums_over_reference_boxes():
     target = FasterRCNNBoxScoreTarget([1, 1, 2], [REFERENCE_A, REFERENCE_B, REFERENCE_B])
-    expected = (1.0 + 0.9) + (2 / 3 + 0.6) + (1.0 + 0.7)
+    expected = (1.0 + 0.9) + 0.0 + (1.0 + 0.7)
     assert float(target(detections())) == pytest.approx(expected, abs=1e-6)
 
 
 def test_faster_rcnn_target_threshold_excludes_low_iou():
-    # Shifted B has IoU 2/3: above 0.6, not above 0.7.
-    output = detections()
+    # Without box 2, shifted B (box 3) has IoU 2/3: above 0.6, not above 0.7.
+    output = {key: value[[0, 1, 3]] for key, value in detections().items()}
     assert float(FasterRCNNBoxScoreTarget([1], [REFERENCE_B], 0.6)(output)) == pytest.approx(
         2 / 3 + 0.6
     )
     assert float(FasterRCNNBoxScoreTarget([1], [REFERENCE_B], 0.7)(output)) == 0.0
+
+
+def test_faster_rcnn_target_keeps_the_boxes_dtype():
+    """numpy boxes are float64, so is the score (as grad-cam 1.5.7); float32 boxes give
+    float32; integer boxes are taken as float32."""
+    output = detections()
+    as_float64 = FasterRCNNBoxScoreTarget(np.array([1]), np.array([REFERENCE_A]))(output)
+    assert as_float64.dtype == torch.float64 and as_float64.shape == (1,)
+    assert float(as_float64) == pytest.approx(1.9, abs=1e-7)
+    as_float32 = FasterRCNNBoxScoreTarget([1], torch.tensor([REFERENCE_A]))(output)
+    assert as_float32.dtype == torch.float32
+    as_int = FasterRCNNBoxScoreTarget([1], torch.tensor([[0, 0, 10, 10]]))(output)
+    assert as_int.dtype == torch.float32 and float(as_int) == pytest.approx(1.9, abs=1e-6)
+
+
+def test_faster_rcnn_target_by_keyword():
+    target = FasterRCNNBoxScoreTarget(labels=[1], bounding_boxes=[REFERENCE_A], iou_threshold=0.5)
+    assert float(target(model_outputs=detections())) == pytest.approx(1.9, abs=1e-6)
 
 
 def test_faster_rcnn_target_no_overlap_gives_zero():
@@ -257,7 +276,7 @@ def test_faster_rcnn_target_empty_detections():
     }
     result = FasterRCNNBoxScoreTarget([1, 2], [REFERENCE_A, REFERENCE_B])(empty)
     assert isinstance(result, torch.Tensor)
-    assert result.ndim == 0
+    assert result.shape == (1,)
     assert float(result) == 0.0
 
 

@@ -11,6 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import GapLinearNet, TinyViT
+from helpers import rescaled_mean
 from test_base_cam_state import assert_same_state, snapshot
 from torch import nn
 
@@ -86,7 +87,7 @@ def test_fem_is_channel_mean_times_outlier_mask(gap_net, image_batch, k):
     mean = a.mean(axis=(2, 3), keepdims=True)
     threshold = mean + k * a.std(axis=(2, 3), keepdims=True)  # population std
     assert np.abs(a - threshold).min() > 1e-4  # no value on the edge of the mask
-    expected = relu((mean * (a > threshold)).sum(axis=1))
+    expected = relu((mean * (a >= threshold)).sum(axis=1))
     assert (expected > 0).any() and (expected == 0).any()
     cam = FEM(gap_net, [gap_net.features]) if k == 2.0 else FEM(gap_net, [gap_net.features], k=k)
     close(raw(cam, image_batch), expected)
@@ -96,11 +97,12 @@ def test_fem_is_channel_mean_times_outlier_mask(gap_net, image_batch, k):
 
 def test_fem_mask_on_handmade_channels(gap_net):
     activations = torch.zeros(1, 3, 4, 4)
-    activations[0, 0] = 5.0  # constant: std 0, nothing is above the mean
+    activations[0, 0] = 5.0  # constant: std 0, every value is at the threshold (>=)
     activations[0, 1, 2, 3] = 16.0  # one spike: mean 1, std sqrt(15) < 15
     activations[0, 2] = torch.arange(16.0).view(4, 4)  # mean 7.5, std 4.61: nothing above 2 std
     weighted = FEM(gap_net, [gap_net.features]).weighted_activations(activations, None, None)
     expected = torch.zeros(1, 3, 4, 4)
+    expected[0, 0] = 5.0
     expected[0, 1, 2, 3] = 1.0
     torch.testing.assert_close(weighted, expected)
 
@@ -210,7 +212,7 @@ class TinySegNet(nn.Module):
         return self.head(self.features(x))
 
 
-def test_seg_eigen_cam_is_principal_component_of_activations_times_positive_gradients():
+def test_seg_eigen_cam_is_principal_component_of_activations_times_gradient_magnitudes():
     torch.manual_seed(4)
     model = TinySegNet().eval()
     x = torch.randn(2, 3, 8, 7)
@@ -222,9 +224,9 @@ def test_seg_eigen_cam_is_principal_component_of_activations_times_positive_grad
     # d(sum_ij mask_ij S_c,ij)/dA_k,ij = W_ck mask_ij.
     w = model.head.weight.detach().double().numpy()[:, :, 0, 0]
     gradients = np.stack([w[c][:, None, None] * m[None] for c, m in zip(categories, masks)])
-    assert (gradients < 0).any()  # the ReLU on the gradients matters
+    assert (gradients < 0).any()  # the absolute value of the gradients matters
     a = features_of(model, x)
-    expected = relu(numpy_principal_component(a * relu(gradients)))
+    expected = relu(numpy_principal_component(a * np.abs(gradients)))
     close(raw(SegEigenCAM(model, [model.features]), x, targets), expected, 1e-4, 1e-5)
     signed = relu(numpy_principal_component(a * gradients))
     close(raw(EigenGradCAM(model, [model.features]), x, targets), signed, 1e-4, 1e-5)
@@ -331,7 +333,7 @@ def test_shapley_cam_layers_are_independent():
     both = ShapleyCAM(model, [model.features[0], model.mix])(x, targets, as_tensor=True)
     first = ShapleyCAM(model, [model.features[0]])(x, targets, as_tensor=True)
     second = ShapleyCAM(model, [model.mix])(x, targets, as_tensor=True)
-    torch.testing.assert_close(both, (first + second) / 2)
+    torch.testing.assert_close(both, rescaled_mean(first, second))
 
 
 def test_shapley_cam_on_a_vision_transformer():
@@ -404,7 +406,7 @@ def expected_finer(model, x, mains, ranks, alpha):
 
 
 def test_finer_cam_with_alpha_zero_is_the_base_method(gap_net, image_batch):
-    finer = raw(FinerCAM(gap_net, [gap_net.features], alpha=0), image_batch)
+    finer = raw(FinerCAM(gap_net, [gap_net.features]), image_batch, alpha=0)
     torch.testing.assert_close(finer, raw(GradCAM(gap_net, [gap_net.features]), image_batch))
 
 
@@ -458,14 +460,24 @@ def test_finer_cam_uses_given_finer_targets_and_any_target_based_base_method(gap
     [
         ({"base_method": EigenCAM}, ValueError, "does not use targets"),
         ({"base_method": "GradCAM"}, TypeError, "base_method must be a CAM class"),
-        ({"alpha": "1"}, ValueError, "alpha must be a finite number"),
-        ({"comparison_categories": [0, 1]}, ValueError, "ranks of at least 1"),
-        ({"comparison_categories": []}, ValueError, "non-empty list of ranks"),
     ],
 )
 def test_finer_cam_rejects_bad_constructor_arguments(gap_net, options, error, message):
     with pytest.raises(error, match=message):
         FinerCAM(gap_net, [gap_net.features], **options)
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"alpha": "1"}, "alpha must be a finite number"),
+        ({"comparison_categories": [0, 1]}, "ranks of at least 1"),
+        ({"comparison_categories": []}, "non-empty list of ranks"),
+    ],
+)
+def test_finer_cam_rejects_bad_alpha_and_ranks(gap_net, image_batch, options, message):
+    with pytest.raises(ValueError, match=message):
+        FinerCAM(gap_net, [gap_net.features])(image_batch, **options)
 
 
 def test_finer_cam_rejects_bad_call_arguments(gap_net, image_batch):
@@ -522,7 +534,7 @@ def test_refine_cam_is_the_deep_map_gated_by_the_shallow_map():
     deep = raw(GradCAM(model, [model.deep]), x, targets).double().numpy()
     expected = deep * unit_range(shallow)
     assert 0 < (expected > 0).mean() < (deep > 0).mean() + 1e-9
-    cam = RefineCAM(model, [model.shallow, model.deep])
+    cam = RefineCAM(model, [model.shallow, model.deep], base_method=GradCAM)
     close(raw(cam, x, targets), expected, 1e-5, 1e-7)
     close(cam(x, targets, as_tensor=True), unit_range(expected), 1e-5, 1e-6)
     maps = cam(x, targets, aug_smooth=True)

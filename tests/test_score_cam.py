@@ -50,6 +50,12 @@ def upsample(maps: torch.Tensor, size) -> torch.Tensor:
     return F.interpolate(maps.unsqueeze(1), size=tuple(size), mode=mode, align_corners=False)[:, 0]
 
 
+def upsample_masks(maps: torch.Tensor, size) -> torch.Tensor:
+    """ScoreCAM's masks: bilinear / trilinear with align_corners=True (grad-cam 1.5.7's)."""
+    mode = {2: "bilinear", 3: "trilinear"}[len(size)]
+    return F.interpolate(maps.unsqueeze(1), size=tuple(size), mode=mode, align_corners=True)[:, 0]
+
+
 def min_max(maps: torch.Tensor) -> torch.Tensor:
     """Each map to [0, 1]; a constant one (range within float32 resolution) to zeros."""
     flat = maps.flatten(1)
@@ -65,7 +71,7 @@ def reference_weights(model, activations, x, targets) -> torch.Tensor:
     weights = []
     with torch.no_grad():
         for b in range(x.shape[0]):
-            masks = min_max(upsample(activations[b], x.shape[2:]))  # C x *size
+            masks = min_max(upsample_masks(activations[b], x.shape[2:]))  # C x *size
             masked = masks.unsqueeze(1) * x[b]  # C x C_in x *size, all at once
             output = model(masked)
             scores = torch.stack([targets[b](output[k]).sum() for k in range(len(masked))])
@@ -362,14 +368,14 @@ def test_duplicate_channels_get_equal_weights():
     x = torch.randn(1, 3, 12, 12, generator=torch.Generator().manual_seed(11))
     cam = ScoreCAM(model, [model.relu])
     captured = {}
-    original = cam.get_cam_weights
+    original = cam.layer_weights
 
     def spy(activations, gradients, context):
         weights = original(activations, gradients, context)
         captured["weights"] = weights.flatten()
         return weights
 
-    cam.get_cam_weights = spy
+    cam.layer_weights = spy
     cam(x, [ClassifierOutputTarget(3)])
     w = captured["weights"]
     assert torch.isclose(w.sum(), torch.tensor(1.0))

@@ -20,6 +20,7 @@ from test_score_cam import (
     layer_outputs,
     min_max,
     seeded,
+    upsample_masks,
     upsample,
 )
 
@@ -42,7 +43,7 @@ def reference(model, layer, x, targets, channel_scores) -> torch.Tensor:
     maps = []
     with torch.no_grad():
         for b in range(x.shape[0]):
-            masks = min_max(upsample(activations[b], x.shape[2:]))
+            masks = min_max(upsample_masks(activations[b], x.shape[2:]))
             weights = torch.softmax(channel_scores(b, masks), dim=0)
             maps.append(torch.relu((weights.view(-1, 1, 1) * activations[b]).sum(dim=0)))
     return upsample(torch.stack(maps), x.shape[2:])

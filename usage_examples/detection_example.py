@@ -12,7 +12,7 @@ so gradient methods explain "these boxes, with these labels". EigenCAM
 (``--method eigencam``) needs no target: the first principal component of the features.
 
 Which layer: the whole backbone, ``model.backbone``. Its output is an ``OrderedDict`` of
-the feature pyramid's levels (``"0"``, ``"1"``, ``"pool"``); ``fasterrcnn_reshape_transform``
+the feature pyramid's levels (``"0"``, ``"1"``, ``"pool"``); ``fpn_reshape_transform``
 resizes every level to the first one's size and concatenates them along the channels,
 so the CAM weights every channel of every level. The box head pools its regions from the
 levels, each box from the level that fits its size; this model's levels ``"0"`` and
@@ -68,7 +68,7 @@ from pytorch_grad_cam.cli import (
 )
 from pytorch_grad_cam.utils.image import show_cam_on_image
 from pytorch_grad_cam.utils.model_targets import FasterRCNNBoxScoreTarget
-from pytorch_grad_cam.utils.reshape_transforms import fasterrcnn_reshape_transform
+from pytorch_grad_cam.utils.reshape_transforms import fpn_reshape_transform
 
 WEIGHTS = FasterRCNN_MobileNet_V3_Large_320_FPN_Weights.DEFAULT
 CATEGORIES: list[str] = WEIGHTS.meta["categories"]
@@ -168,7 +168,7 @@ def run(args: argparse.Namespace) -> Path:
         print(f"{score:6.3f}  {CATEGORIES[label]:<14s} {[round(v) for v in box]}")
 
     # The whole feature pyramid: its levels, resized to the first one's size, side by side.
-    target_layers, reshape_transform = [model.backbone], fasterrcnn_reshape_transform
+    target_layers, reshape_transform = [model.backbone], fpn_reshape_transform
     if issubclass(method, AblationCAM):  # it needs a layer that outputs one tensor
         target_layers, reshape_transform = [model.backbone.fpn.layer_blocks[0]], None
     if labels.numel() == 0:

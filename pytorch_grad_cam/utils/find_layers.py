@@ -9,7 +9,7 @@ class token and so get zero gradient; for Swin, the last block of the last stage
 from __future__ import annotations
 
 import difflib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from torch import nn
 
@@ -120,3 +120,48 @@ def _unwrapped(model: nn.Module) -> nn.Module:
 
 
 __all__ = ["KNOWN_LAYERS", "get_layer", "suggest_target_layer_names", "suggest_target_layers"]
+
+
+# --------------------------------------------------------------------- grad-cam 1.5.7's helpers
+# They change the model they are given, as their names say; the package's methods never
+# call them on a user's model.
+def replace_layer_recursive(model: nn.Module, old_layer: nn.Module, new_layer: nn.Module) -> bool:
+    """Put ``new_layer`` in the place of the submodule ``old_layer`` (the first place it
+    is found, depth first); ``True`` if it was found."""
+    for name, child in model.named_children():
+        if child is old_layer:
+            model._modules[name] = new_layer  # noqa: SLF001 (nn.Sequential and ModuleList too)
+            return True
+        if replace_layer_recursive(child, old_layer, new_layer):
+            return True
+    return False
+
+
+def replace_all_layer_type_recursive(
+    model: nn.Module, old_layer_type: type | tuple[type, ...], new_layer: nn.Module
+) -> None:
+    """Put ``new_layer`` in the place of every submodule that is an ``old_layer_type``
+    (every place: one module object may sit in several)."""
+    for name, child in list(model._modules.items()):  # noqa: SLF001 (named_children dedups)
+        if child is None:
+            continue
+        if isinstance(child, old_layer_type):
+            model._modules[name] = new_layer  # noqa: SLF001
+        else:
+            replace_all_layer_type_recursive(child, old_layer_type, new_layer)
+
+
+def find_layer_types_recursive(
+    model: nn.Module, layer_types: type | Sequence[type]
+) -> list[nn.Module]:
+    """Every submodule of ``model`` (``model`` included) that is one of ``layer_types``."""
+    types = layer_types if isinstance(layer_types, type) else tuple(layer_types)
+    return find_layer_predicate_recursive(model, lambda layer: isinstance(layer, types))
+
+
+def find_layer_predicate_recursive(
+    model: nn.Module, predicate: Callable[[nn.Module], bool]
+) -> list:
+    """Every submodule of ``model`` (``model`` included) for which ``predicate`` is true,
+    in the order of ``model.modules()``."""
+    return [module for module in model.modules() if predicate(module)]

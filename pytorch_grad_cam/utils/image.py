@@ -81,3 +81,34 @@ def scale_cam_image(cam: np.ndarray, target_size: Sequence[int] | None = None) -
     if target_size is not None:
         scaled = resize_maps(scaled, tuple(reversed(tuple(target_size))))
     return scaled.numpy()
+
+
+def scale_accross_batch_and_channels(tensor: np.ndarray, target_size: Sequence[int]) -> np.ndarray:
+    """Min-max scale every ``tensor[b, c]`` map of a ``B x C x *spatial`` array to [0, 1] and
+    resize it to ``target_size`` (OpenCV's ``(width, height)`` order): ``B x C x *size``.
+    (The incumbent's spelling of "across".)"""
+    array = np.asarray(tensor, dtype=np.float32)
+    batch, channels = array.shape[:2]
+    flat = scale_cam_image(array.reshape(batch * channels, *array.shape[2:]), target_size)
+    return flat.reshape(batch, channels, *flat.shape[1:])
+
+
+def create_labels_legend(
+    concept_scores: np.ndarray, labels: dict[int, str], top_k: int = 2
+) -> list[str]:
+    """One legend text per concept: its ``top_k`` categories by score, best first, one
+    ``"name:score"`` line each (score with two decimals).
+
+    ``concept_scores`` is ``k x classes`` (what a classifier head gives for the concept
+    embeddings); ``labels`` maps a category index to its name.
+    """
+    scores = np.asarray(concept_scores, dtype=np.float32)
+    if scores.ndim != 2:
+        raise ValueError(
+            f"concept_scores must be k x classes (one row per concept), got shape {scores.shape}."
+        )
+    legend = []
+    for row in scores:
+        best = np.argsort(-row, kind="stable")[:top_k]
+        legend.append("\n".join(f"{labels[int(c)]}:{row[c]:.2f}" for c in best))
+    return legend

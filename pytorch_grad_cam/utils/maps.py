@@ -29,13 +29,18 @@ def scale_to_unit_range(maps: torch.Tensor, in_place: bool = False) -> torch.Ten
     return ((flat - low) / safe_spread).masked_fill(is_constant, 0.0).view_as(maps)
 
 
-def resize_maps(maps: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
-    """Resize ``B x *spatial`` maps to ``B x *size`` with (bi/tri)linear interpolation."""
+def resize_maps(
+    maps: torch.Tensor, size: Sequence[int], align_corners: bool = False
+) -> torch.Tensor:
+    """Resize ``B x *spatial`` maps to ``B x *size`` with (bi/tri)linear interpolation
+    (pixel centres aligned, as OpenCV resizes; ``align_corners=True`` aligns the corner
+    pixels instead)."""
     size = tuple(int(s) for s in size)
     if tuple(maps.shape[1:]) == size:
         return maps
     mode = _RESIZE_MODES[len(size)]
-    return F.interpolate(maps.unsqueeze(1), size=size, mode=mode, align_corners=False).squeeze(1)
+    resized = F.interpolate(maps.unsqueeze(1), size=size, mode=mode, align_corners=align_corners)
+    return resized.squeeze(1)
 
 
 def first_principal_component(weighted: torch.Tensor) -> torch.Tensor:

@@ -14,18 +14,18 @@ CAM call runs on that same model object it sees the call's hooks and eval mode.
 
 from __future__ import annotations
 
+import copy
 import threading
 import weakref
-from collections.abc import Iterator
+from collections.abc import Iterator, MutableMapping
 from contextlib import contextmanager
+from typing import Any
 
 import torch
 from torch import nn
 
 #: One reentrant lock per model object, dropped with the model.
-_MODEL_LOCKS: weakref.WeakKeyDictionary[nn.Module, threading.RLock] = (
-    weakref.WeakKeyDictionary()
-)
+_MODEL_LOCKS: weakref.WeakKeyDictionary[nn.Module, threading.RLock] = weakref.WeakKeyDictionary()
 #: Guards the creation of a model's lock.
 _LOCKS_GUARD = threading.Lock()
 
@@ -67,3 +67,20 @@ def model_device(model: nn.Module) -> torch.device | None:
     for tensor in model.buffers():
         return tensor.device
     return None
+
+
+def detached_output(output: Any) -> Any:
+    """``output`` with every tensor in it detached, containers' types kept."""
+    if isinstance(output, torch.Tensor):
+        return output.detach()
+    if isinstance(output, tuple) and hasattr(output, "_fields"):  # a namedtuple
+        return type(output)(*(detached_output(item) for item in output))
+    if isinstance(output, (tuple, list)):
+        return type(output)(detached_output(item) for item in output)
+    if isinstance(output, MutableMapping):
+        # A shallow copy keeps the mapping's type (dict, OrderedDict, ModelOutput).
+        detached = copy.copy(output)
+        for key, value in output.items():
+            detached[key] = detached_output(value)
+        return detached
+    return output

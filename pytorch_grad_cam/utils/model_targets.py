@@ -19,6 +19,8 @@ import torch
 import torchvision
 
 Category = Union[int, torch.Tensor]
+#: A target: maps one image's model output to the score to explain.
+Target = Callable[[Any], torch.Tensor]
 
 
 def _pick(scores: torch.Tensor, category: Category) -> torch.Tensor:
@@ -142,17 +144,21 @@ def _pick_map(maps: torch.Tensor, category: Category) -> torch.Tensor:
 class FasterRCNNBoxScoreTarget:
     """Detection score of the boxes that match the reference boxes (Faster R-CNN style output).
 
-    ``model_output`` is one image's torchvision detection dict with ``boxes`` (``N x 4``,
+    ``model_outputs`` is one image's torchvision detection dict with ``boxes`` (``N x 4``,
     ``x1, y1, x2, y2`` in input pixels), ``labels`` and ``scores``. For each reference box,
-    the detections with the same label and an IoU above ``iou_threshold`` are candidates,
-    and the best candidate's ``IoU + score`` is added; a reference box without a candidate
-    adds nothing. Typically the references are the model's own detections::
+    the detection of highest IoU with it (whatever its label) is its match; the match
+    adds ``IoU + score`` when its IoU is above ``iou_threshold`` and its label is the
+    reference's, and nothing otherwise (as grad-cam 1.5.7 scores it: a better-overlapping
+    box of another class gives 0 for that reference). Typically the references are the
+    model's own detections::
 
         boxes, labels = output[0]["boxes"], output[0]["labels"]
         targets = [FasterRCNNBoxScoreTarget(labels, boxes)]
 
-    The references (numpy arrays, lists or tensors) are moved to the output's device on
-    the first call and kept there.
+    Returns a tensor of shape ``(1,)`` in the reference boxes' floating dtype (float64
+    boxes, numpy's default, give a float64 score; integer boxes are taken as float32). The
+    references (numpy arrays, lists or tensors) are moved to the output's device on the
+    first call and kept there.
     """
 
     def __init__(
@@ -162,9 +168,10 @@ class FasterRCNNBoxScoreTarget:
         iou_threshold: float = 0.5,
     ):
         self.labels = torch.as_tensor(labels).detach().reshape(-1)
-        self.bounding_boxes = (
-            torch.as_tensor(bounding_boxes).detach().to(torch.float32).reshape(-1, 4)
-        )
+        boxes = torch.as_tensor(bounding_boxes).detach()
+        if not boxes.is_floating_point():
+            boxes = boxes.to(torch.float32)
+        self.bounding_boxes = boxes.reshape(-1, 4)
         if self.labels.numel() != self.bounding_boxes.shape[0]:
             raise ValueError(
                 f"FasterRCNNBoxScoreTarget: {self.labels.numel()} labels for "
@@ -172,26 +179,25 @@ class FasterRCNNBoxScoreTarget:
             )
         self.iou_threshold = iou_threshold
 
-    def __call__(self, model_output: dict[str, torch.Tensor]) -> torch.Tensor:
-        boxes = model_output["boxes"]
+    def __call__(self, model_outputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """``sum`` over the reference boxes of their match's ``IoU + score`` (see above)."""
+        boxes = model_outputs["boxes"]
         device = boxes.device
         if self.bounding_boxes.device != device:
             self.bounding_boxes = self.bounding_boxes.to(device)
         if self.labels.device != device:
             self.labels = self.labels.to(device)
-        scores = model_output["scores"]
-        total = scores.new_zeros(()).float()
+        dtype = self.bounding_boxes.dtype
+        total = torch.zeros(1, dtype=dtype, device=device)
         if boxes.numel() == 0 or self.labels.numel() == 0:
             return total
-        iou = torchvision.ops.box_iou(self.bounding_boxes, boxes.float())
-        same_label = self.labels[:, None] == model_output["labels"][None, :].to(device)
-        candidate = same_label & (iou > self.iou_threshold)
-        match_score = iou + scores.float()[None, :]
-        match_score = match_score.masked_fill(~candidate, float("-inf"))
-        best = match_score.max(dim=1).values
+        iou = torchvision.ops.box_iou(self.bounding_boxes, boxes.to(dtype))
+        best_iou, best = iou.max(dim=1)
+        same_label = model_outputs["labels"].to(device)[best] == self.labels
+        matched = (best_iou > self.iou_threshold) & same_label
+        value = best_iou + model_outputs["scores"].to(dtype)[best]
         # torch.where, not boolean indexing: no data-dependent shape, no sync with the host.
-        matched = torch.where(candidate.any(dim=1), best, torch.zeros_like(best))
-        return total + matched.sum()
+        return total + torch.where(matched, value, torch.zeros_like(value)).sum()
 
     def __repr__(self) -> str:
         return (

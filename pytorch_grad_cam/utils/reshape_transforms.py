@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import Callable, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import torch
+
+#: Maps a layer's output (and its gradient) to ``B x C x *spatial``.
+ReshapeTransform = Callable[..., torch.Tensor]
 
 
 def vit_reshape_transform(tensor: torch.Tensor, height: int = 14, width: int = 14) -> torch.Tensor:
@@ -182,9 +185,36 @@ def looks_channels_last(shape: Sequence[int], image_size: Sequence[int]) -> bool
 # --------------------------------------------------------------------- feature pyramids
 def fasterrcnn_reshape_transform(
     x: Mapping[str, torch.Tensor] | Sequence[torch.Tensor] | torch.Tensor,
+) -> torch.Tensor:
+    """grad-cam 1.5.7's feature-pyramid transform: ``|level|`` of every level, resized
+    (bilinear) to the coarsest level's size (``"pool"`` in torchvision's FPN), concatenated
+    along the channels in order: ``B x (C_1 + ... + C_L) x H_L x W_L``.
+
+    Its absolute value makes it non-linear: applied to gradients too, gradient methods
+    weight by ``|dy/dA|``. :func:`fpn_reshape_transform` is the linear variant (signed
+    values, any level's size, antialiased where it shrinks), the one to use with gradient
+    methods; this one gives grad-cam 1.5.7's maps (its detection tutorial uses EigenCAM).
+    """
+    levels = _pyramid_levels(x, "fasterrcnn_reshape_transform")
+    if isinstance(levels, torch.Tensor):
+        return levels
+    size = tuple(levels[-1][1].shape[-2:])
+    resized = [
+        torch.nn.functional.interpolate(
+            feature_map.abs(), size=size, mode="bilinear", align_corners=False
+        )
+        if tuple(feature_map.shape[-2:]) != size
+        else feature_map.abs()
+        for _, feature_map in levels
+    ]
+    return torch.cat(resized, dim=1)
+
+
+def fpn_reshape_transform(
+    x: Mapping[str, torch.Tensor] | Sequence[torch.Tensor] | torch.Tensor,
     level: int | str = 0,
 ) -> torch.Tensor:
-    """Feature-pyramid levels -> one ``B x (C_1 + ... + C_L) x H x W`` tensor.
+    """Feature-pyramid levels -> one ``B x (C_1 + ... + C_L) x H x W`` tensor, linearly.
 
     ``x`` is what a torchvision detection backbone with an FPN returns (``model.backbone``
     of Faster R-CNN / RetinaNet / Mask R-CNN): an ``OrderedDict`` of ``B x C_l x H_l x W_l``
@@ -195,46 +225,50 @@ def fasterrcnn_reshape_transform(
     concatenated along the channels, in order. A single ``B x C x H x W`` tensor is
     returned as it is. The transform is linear, so it applies to gradients as well.
     """
-    if isinstance(x, torch.Tensor):
-        if x.ndim != 4:
-            raise ValueError(
-                f"fasterrcnn_reshape_transform: expected feature maps B x C x H x W, got "
-                f"{tuple(x.shape)}."
-            )
-        return x
-    if isinstance(x, Mapping):
-        names, levels = list(x.keys()), list(x.values())
-    elif isinstance(x, Sequence):
-        names, levels = list(range(len(x))), list(x)
-    else:
-        raise TypeError(
-            "fasterrcnn_reshape_transform: expected an OrderedDict (or list) of feature maps, "
-            f"got {type(x).__name__}."
-        )
-    if not levels or not all(isinstance(m, torch.Tensor) and m.ndim == 4 for m in levels):
-        shapes = [
-            tuple(m.shape) if isinstance(m, torch.Tensor) else type(m).__name__ for m in levels
-        ]
-        raise ValueError(
-            "fasterrcnn_reshape_transform: every level must be a B x C x H x W tensor, got "
-            f"{dict(zip(names, shapes))}."
-        )
+    levels = _pyramid_levels(x, "fpn_reshape_transform")
+    if isinstance(levels, torch.Tensor):
+        return levels
+    names = [name for name, _ in levels]
+    maps = [feature_map for _, feature_map in levels]
     if isinstance(level, str):
         if level not in names:
             raise ValueError(
-                f"fasterrcnn_reshape_transform: level={level!r} is not one of the levels {names}."
+                f"fpn_reshape_transform: level={level!r} is not one of the levels {names}."
             )
-        reference = levels[names.index(level)]
+        reference = maps[names.index(level)]
     else:
-        if not -len(levels) <= level < len(levels):
+        if not -len(maps) <= level < len(maps):
             raise ValueError(
-                f"fasterrcnn_reshape_transform: level={level} is out of range for "
-                f"{len(levels)} levels."
+                f"fpn_reshape_transform: level={level} is out of range for {len(maps)} levels."
             )
-        reference = levels[level]
+        reference = maps[level]
     size = tuple(reference.shape[-2:])
-    resized = [_resize_level(feature_map, size) for feature_map in levels]
+    resized = [_resize_level(feature_map, size) for feature_map in maps]
     return torch.cat(resized, dim=1)
+
+
+def _pyramid_levels(x: Any, name: str) -> torch.Tensor | list[tuple[Any, torch.Tensor]]:
+    """A single ``B x C x H x W`` tensor as it is, or the ``(name, level)`` pairs of a
+    mapping or sequence of such tensors, checked."""
+    if isinstance(x, torch.Tensor):
+        if x.ndim != 4:
+            raise ValueError(f"{name}: expected feature maps B x C x H x W, got {tuple(x.shape)}.")
+        return x
+    if isinstance(x, Mapping):
+        pairs = list(x.items())
+    elif isinstance(x, Sequence):
+        pairs = list(enumerate(x))
+    else:
+        raise TypeError(
+            f"{name}: expected an OrderedDict (or list) of feature maps, got {type(x).__name__}."
+        )
+    if not pairs or not all(isinstance(m, torch.Tensor) and m.ndim == 4 for _, m in pairs):
+        shapes = {
+            key: tuple(m.shape) if isinstance(m, torch.Tensor) else type(m).__name__
+            for key, m in pairs
+        }
+        raise ValueError(f"{name}: every level must be a B x C x H x W tensor, got {shapes}.")
+    return pairs
 
 
 def _resize_level(feature_map: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:

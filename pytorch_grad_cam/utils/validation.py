@@ -6,13 +6,16 @@ what was wrong and how to fix it.
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Collection
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
 from pytorch_grad_cam.utils.model_state import model_device
+from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget, Target
 
 #: The layouts by number of axes, for error messages.
 LAYOUTS = {3: "B x C x L for signals", 4: "B x C x H x W", 5: "B x C x D x H x W for volumes"}
@@ -82,3 +85,122 @@ def check_input_tensor(
     if device is not None and input_tensor.device != device:
         input_tensor = input_tensor.to(device)
     return input_tensor
+
+
+def check_cam_input(input_tensor: Any, model: nn.Module) -> torch.Tensor:
+    """A CAM's input: images ``B x C x H x W``, volumes ``B x C x D x H x W`` or signals
+    ``B x C x L``, with values, on the model's device, outside inference mode."""
+    if torch.is_inference_mode_enabled():
+        raise RuntimeError(
+            "CAM methods cannot run inside torch.inference_mode(): the gradients they need "
+            "cannot be recorded there. Call the CAM outside it (torch.no_grad() is fine)."
+        )
+    if (
+        isinstance(input_tensor, torch.Tensor)
+        and input_tensor.ndim == 3
+        and first_convolution_rank(model) == 2
+    ):
+        raise ValueError(
+            f"input_tensor has shape {tuple(input_tensor.shape)}, B x C x L like a signal, but "
+            "the model's first convolution is 2-D: for one image, add the batch axis with "
+            "input_tensor.unsqueeze(0)."
+        )
+    input_tensor = check_input_tensor(input_tensor, model)
+    if input_tensor.is_inference():
+        input_tensor = input_tensor.clone()
+    return input_tensor
+
+
+def first_convolution_rank(model: nn.Module) -> int | None:
+    """1, 2 or 3 for the model's first ``nn.Conv1d`` / ``2d`` / ``3d``; ``None`` without."""
+    for module in model.modules():
+        for convolution, rank in ((nn.Conv1d, 1), (nn.Conv2d, 2), (nn.Conv3d, 3)):
+            if isinstance(module, convolution):
+                return rank
+    return None
+
+
+def check_target_layers(model: nn.Module, target_layers: Any) -> list[nn.Module]:
+    """``target_layers`` as a non-empty list of submodules of ``model``, or a clear error."""
+    if target_layers is None:
+        raise TypeError("target_layers is required: a list of submodules of the model.")
+    if isinstance(target_layers, nn.Module):
+        raise TypeError(
+            f"target_layers must be a list of modules, got a single "
+            f"{type(target_layers).__name__}; pass target_layers=[layer]."
+        )
+    layers = list(target_layers)
+    if not layers:
+        raise ValueError("target_layers is empty; pass at least one submodule of the model.")
+    submodules = {id(module) for module in model.modules()}
+    for index, layer in enumerate(layers):
+        if not isinstance(layer, nn.Module):
+            raise TypeError(
+                f"target_layers[{index}] must be an nn.Module, got {type(layer).__name__}."
+            )
+        if id(layer) not in submodules:
+            raise ValueError(
+                f"target_layers[{index}] ({type(layer).__name__}) is not a submodule of the "
+                "model; pass a layer of this model instance, e.g. model.layer4[-1] (a layer "
+                "of another copy of the model never runs)."
+            )
+    return layers
+
+
+def check_targets(targets: Any, batch_size: int) -> list[Target]:
+    """One callable target per image, or a clear error."""
+    if callable(targets):
+        raise TypeError(
+            "targets must be a list with one target per image, got a single "
+            f"{type(targets).__name__}; pass targets=[target] * batch_size to use it for "
+            "every image."
+        )
+    targets = list(targets)
+    if len(targets) != batch_size:
+        raise ValueError(
+            f"targets has {len(targets)} entries but input_tensor has {batch_size} images; "
+            "pass one target per image (e.g. [ClassifierOutputTarget(c)] * batch_size)."
+        )
+    for index, target in enumerate(targets):
+        if not callable(target):
+            raise TypeError(
+                f"targets[{index}] is a {type(target).__name__}, not a callable; use e.g. "
+                "ClassifierOutputTarget(category) from pytorch_grad_cam.utils.model_targets."
+            )
+    return targets
+
+
+def is_integer(value: Any) -> bool:
+    """A class index: a Python or numpy integer, or a 0-d integer tensor (not a bool)."""
+    if isinstance(value, torch.Tensor):
+        return value.ndim == 0 and not value.is_floating_point() and value.dtype != torch.bool
+    return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
+
+
+def is_positive_int(value: Any, minimum: int = 1) -> bool:
+    """An int (not a bool) of at least ``minimum``: batch sizes, sample counts."""
+    return (
+        isinstance(value, numbers.Integral)
+        and not isinstance(value, (bool, np.bool_))
+        and value >= minimum
+    )
+
+
+def looks_like_categories(targets: Any) -> bool:
+    """The seeds' positional ``cam(input, 281)`` / ``cam(input, [281, 3])`` spelling."""
+    if is_integer(targets):
+        return True
+    return (
+        isinstance(targets, (list, tuple, np.ndarray))
+        and len(targets) > 0
+        and all(is_integer(t) for t in targets)
+    )
+
+
+def categories_to_targets(target_category: Any, batch_size: int) -> list[Target] | None:
+    """The seeds' ``target_category`` (``None``, an int, or one int per image) as targets."""
+    if target_category is None:
+        return None
+    if is_integer(target_category):
+        return [ClassifierOutputTarget(int(target_category)) for _ in range(batch_size)]
+    return [ClassifierOutputTarget(int(category)) for category in target_category]
