@@ -15,7 +15,7 @@ are better, lower Complexity is better.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Union
 
 import numpy as np
 import torch
@@ -39,6 +39,8 @@ from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
 __all__ = ["ARCC", "BaseCAM", "Coherency", "Complexity", "ROADCombined", "batch_pearson_coherency"]
 
+#: A batch of maps, numpy or torch.
+Maps = Union[np.ndarray, torch.Tensor]
 #: grad-cam 1.5.7's default ROAD percentiles for ARCC.
 DEFAULT_ROAD_PERCENTILES: list[float] = [20, 40, 60, 80]
 
@@ -65,7 +67,7 @@ def as_rows(maps: Any, who: str, argument: str) -> np.ndarray:
     return array.reshape(array.shape[0], -1).astype(np.float64)
 
 
-def batch_pearson_coherency(A: np.ndarray, B: np.ndarray) -> np.ndarray:  # noqa: N803
+def batch_pearson_coherency(A: Maps, B: Maps) -> np.ndarray:  # noqa: N803
     """Per row, the Pearson correlation ``r`` of two batches of maps, mapped to [0, 1].
 
     Row ``i`` of ``A`` and of ``B`` (each flattened) give
@@ -81,11 +83,12 @@ def batch_pearson_coherency(A: np.ndarray, B: np.ndarray) -> np.ndarray:  # noqa
             f"batch_pearson_coherency: A and B must hold as many maps of as many pixels, got "
             f"{np.shape(A)} and {np.shape(B)}."
         )
+    varies = (np.ptp(a, axis=1) > 0) & (np.ptp(b, axis=1) > 0)  # exact: no rounding
     a = a - a.mean(axis=1, keepdims=True)
     b = b - b.mean(axis=1, keepdims=True)
     denominator = np.sqrt((a * a).sum(axis=1) * (b * b).sum(axis=1))
     with np.errstate(divide="ignore", invalid="ignore"):
-        r = np.where(denominator > 0, (a * b).sum(axis=1) / denominator, np.nan)
+        r = np.where(varies & (denominator > 0), (a * b).sum(axis=1) / denominator, np.nan)
     return ((np.clip(r, -1.0, 1.0) + 1) / 2).astype(np.float32)
 
 

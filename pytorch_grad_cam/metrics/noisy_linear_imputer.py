@@ -191,11 +191,11 @@ def noisy_linear_impute(
             generator = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
             solution = solution + generator.normal(0.0, noise, size=solution.shape)
         result[:, unknown] = solution
-    result = result.reshape(values.shape)
+    imputed = result.reshape(values.shape)
     if isinstance(image, torch.Tensor):
-        return torch.from_numpy(result).to(dtype=image.dtype, device=image.device)
+        return torch.from_numpy(imputed).to(dtype=image.dtype, device=image.device)
     dtype = np.asarray(image).dtype
-    return result.astype(dtype) if np.issubdtype(dtype, np.floating) else result
+    return imputed.astype(dtype) if np.issubdtype(dtype, np.floating) else imputed
 
 
 class NoisyLinearImputer:
@@ -226,7 +226,7 @@ class NoisyLinearImputer:
         self.weighting = check_weighting(weighting)
         self.rng = np.random.default_rng(seed)
 
-    def __call__(self, img: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def __call__(self, img: torch.Tensor, mask: torch.Tensor) -> ArrayLike:
         """``img`` (``C x H x W``) with the pixels where ``mask == 0`` imputed.
 
         Returns a tensor of ``img``'s dtype and device (an array for an array).

@@ -50,7 +50,7 @@ from pytorch_grad_cam.utils.model_outputs import OutputSelector
 #: the model's device) to the perturbed image, of the image's shape.
 Perturbation = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 #: ``imputer(image, keep_mask)``: fills the pixels where ``keep_mask == 0``.
-Imputer = Callable[[torch.Tensor, Any], torch.Tensor]
+Imputer = Callable[[torch.Tensor, Any], Any]
 
 #: grad-cam 1.5.7's default percentiles (a list, as it spells them).
 DEFAULT_PERCENTILES: list[float] = [10, 20, 30, 40, 50, 60, 70, 80, 90]
