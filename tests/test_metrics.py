@@ -593,12 +593,12 @@ def test_volumes_work_for_the_cam_mult_and_curve_metrics():
 def test_bad_maps_are_named(metric, cams, message):
     model = LinearNet().eval()
     error = TypeError if isinstance(cams, str) else ValueError
-    with pytest.raises(error, match=f"grayscale_cams.*{message}"):
+    with pytest.raises(error, match=f"cams.*{message}"):
         metric(torch.randn(2, 3, 8, 8), cams, None, model)
 
 
 def test_maps_outside_zero_one_are_rejected_by_the_image_multiplying_metrics():
-    with pytest.raises(ValueError, match=r"grayscale_cams must be in \[0, 1\].*scale=True"):
+    with pytest.raises(ValueError, match=r"cams must be in \[0, 1\].*scale=True"):
         DropInConfidence()(torch.randn(1, 3, 8, 8), np.full((1, 8, 8), 3.0), None, LinearNet())
 
 

@@ -3,10 +3,11 @@ the input ``batch_size`` at a time through one reused buffer."""
 
 from __future__ import annotations
 
+import functools
 import numbers
 from collections.abc import Sequence
 from contextlib import contextmanager
-from typing import Any, Callable
+from typing import Any, Callable, TypeVar
 
 import numpy as np
 import torch
@@ -26,13 +27,40 @@ from pytorch_grad_cam.utils.validation import check_input_tensor as validated_in
 #: ``fill(rows, start, stop)`` writes the perturbed inputs of jobs ``start:stop`` into
 #: ``rows`` (``stop - start`` rows of the reused buffer).
 Fill = Callable[[torch.Tensor, int, int], None]
+Method = TypeVar("Method", bound=Callable[..., Any])
+
+
+def also_accepts(alias: str, name: str) -> Callable[[Method], Method]:
+    """Let a metric's ``__call__`` take its ``name`` argument by the keyword ``alias`` too.
+
+    grad-cam 1.5.7 calls the maps ``cams=`` in its confidence and ROAD metrics and
+    ``grayscale_cams=`` in ``metrics.arcc``; every metric here accepts both spellings,
+    silently (neither is deprecated: the incumbent itself uses both). The signature
+    shown by ``inspect.signature`` stays the wrapped method's.
+    """
+
+    def decorate(method: Method) -> Method:
+        @functools.wraps(method)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            if alias in kwargs:
+                if name in kwargs:
+                    raise TypeError(
+                        f"Pass the maps as {name}= or as {alias}=, not both (they are the "
+                        "same argument)."
+                    )
+                kwargs[name] = kwargs.pop(alias)
+            return method(*args, **kwargs)
+
+        return wrapper  # type: ignore[return-value]
+
+    return decorate
 
 
 def check_model(model: Any, metric: str) -> nn.Module:
     if not isinstance(model, nn.Module):
         raise TypeError(
             f"{metric}: model must be a torch.nn.Module, got {type(model).__name__}; call "
-            "the metric as metric(input_tensor, grayscale_cams, targets, model)."
+            "the metric as metric(input_tensor, cams, targets, model)."
         )
     if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
         return model.module
@@ -44,40 +72,55 @@ def check_input_tensor(input_tensor: Any, model: nn.Module, metric: str) -> torc
     return validated_input(input_tensor, model, ndims=(4, 5), who=f"{metric}: ").detach()
 
 
-def check_cams(grayscale_cams: Any, input_tensor: torch.Tensor, metric: str) -> torch.Tensor:
-    """The maps as a float32 tensor ``B x *spatial`` on the input's device."""
+def check_cams(
+    grayscale_cams: Any, input_tensor: torch.Tensor, metric: str, argument: str = "cams"
+) -> torch.Tensor:
+    """The maps as a float32 tensor ``B x *spatial`` on the input's device; errors name
+    them as ``argument`` (the metric's parameter name)."""
     if isinstance(grayscale_cams, torch.Tensor):
         cams = grayscale_cams.detach()
     elif isinstance(grayscale_cams, (np.ndarray, list, tuple)):
         cams = torch.as_tensor(np.asarray(grayscale_cams))
     else:
         raise TypeError(
-            f"{metric}: grayscale_cams must be a numpy array or a torch.Tensor of shape "
+            f"{metric}: {argument} must be a numpy array or a torch.Tensor of shape "
             f"B x H x W, got {type(grayscale_cams).__name__}."
         )
     expected = (input_tensor.shape[0], *input_tensor.shape[2:])
     if tuple(cams.shape) != expected:
         hint = ""
         if cams.ndim == len(expected) + 1 and cams.shape[1] == 1:
-            hint = " Drop the channel axis, e.g. grayscale_cams[:, 0]."
+            hint = f" Drop the channel axis, e.g. {argument}[:, 0]."
         elif tuple(cams.shape) == expected[1:]:
-            hint = " Add the batch axis, e.g. grayscale_cams[None]."
+            hint = f" Add the batch axis, e.g. {argument}[None]."
         elif cams.ndim == len(expected) and cams.shape[0] == expected[0]:
             hint = (
                 " Compute the maps for this input, or resize them to its size (e.g. with "
                 "pytorch_grad_cam.utils.image.scale_cam_image)."
             )
         raise ValueError(
-            f"{metric}: grayscale_cams has shape {tuple(cams.shape)} but input_tensor of shape "
+            f"{metric}: {argument} has shape {tuple(cams.shape)} but input_tensor of shape "
             f"{tuple(input_tensor.shape)} needs one map per image of its spatial size, "
             f"{expected}.{hint}"
         )
     if cams.is_complex():
-        raise TypeError(f"{metric}: grayscale_cams must be real-valued, got {cams.dtype}.")
+        raise TypeError(f"{metric}: {argument} must be real-valued, got {cams.dtype}.")
     cams = cams.to(device=input_tensor.device, dtype=torch.float32)
     if not bool(torch.isfinite(cams).all()):
-        raise ValueError(f"{metric}: grayscale_cams contains NaN or infinite values.")
+        raise ValueError(f"{metric}: {argument} contains NaN or infinite values.")
     return cams
+
+
+def check_unit_interval(maps: torch.Tensor, metric: str, argument: str = "cams") -> torch.Tensor:
+    """``maps`` unchanged if they lie in [0, 1] (the image is multiplied by them)."""
+    low, high = maps.min(), maps.max()
+    if bool(low < -1e-6) or bool(high > 1 + 1e-6):
+        raise ValueError(
+            f"{metric}: {argument} must be in [0, 1] (the image is multiplied by them), got "
+            f"values in [{float(low):.4g}, {float(high):.4g}]; pass the CAM's scaled maps "
+            "(scale=True, the default) or scale each map to [0, 1]."
+        )
+    return maps
 
 
 def check_metric_targets(targets: Any, batch_size: int, metric: str) -> list[Target] | None:

@@ -32,6 +32,7 @@ from torch import nn
 
 from pytorch_grad_cam.base_cam import Target
 from pytorch_grad_cam.metrics._common import (
+    also_accepts,
     batched_scores,
     check_cams,
     check_input_tensor,
@@ -62,7 +63,7 @@ class PerturbationCurve:
     """RISE's deletion (``mode="deletion"``) or insertion (``mode="insertion"``) metric.
 
     Called as ``metric(input_tensor, grayscale_cams, targets, model,
-    return_curves=False)``:
+    return_curves=False)`` (``cams=`` is accepted for ``grayscale_cams=``):
 
     - ``grayscale_cams``: ``B x H x W`` maps (any scale; only their ranking is used).
     - ``targets``: one per image (e.g. ``ClassifierOutputSoftmaxTarget(c)``), or ``None``
@@ -128,6 +129,7 @@ class PerturbationCurve:
         """The fraction of pixels acted on at each step: ``k / n_steps``."""
         return np.linspace(0.0, 1.0, self.n_steps + 1)
 
+    @also_accepts("cams", "grayscale_cams")
     def __call__(
         self,
         input_tensor: torch.Tensor,
@@ -138,7 +140,7 @@ class PerturbationCurve:
     ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
         model = check_model(model, self.name)
         x = check_input_tensor(input_tensor, model, self.name)
-        cams = check_cams(grayscale_cams, x, self.name)
+        cams = check_cams(grayscale_cams, x, self.name, "grayscale_cams")
         targets = check_metric_targets(targets, x.shape[0], self.name)
         steps = check_int(self.n_steps, "n_steps", self.name)
         batch_size = check_int(self.batch_size, "batch_size", self.name)

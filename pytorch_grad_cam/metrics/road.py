@@ -5,7 +5,8 @@ https://arxiv.org/abs/2202.00449).
 A map is judged by how the target's score changes when the pixels it ranks most (MoRF)
 or least (LeRF) relevant are removed. Removed pixels are not set to a constant, whose
 shape would itself tell the model where the removed pixels were, but imputed from their
-surroundings by the Noisy Linear Imputer (:func:`noisy_linear_impute`).
+surroundings by the Noisy Linear Imputer (:class:`NoisyLinearImputer`, the callable form
+of :func:`noisy_linear_impute`).
 
 Every metric here returns, per image, ``y(X_removed) - y(X)``: the target score on the
 imputed image minus the score on the image itself.
@@ -25,10 +26,21 @@ imputed image minus the score on the image itself.
 ``N`` pixels (at least one pixel is kept), the pixels ranked by the map's value with ties
 broken at random (seeded), so that maps with large flat regions (ReLU zeros) still remove
 the stated fraction. A pixel is removed in all the input's channels.
+
+Each metric is built from :mod:`~pytorch_grad_cam.metrics.perturbation_confidence`, as
+in grad-cam 1.5.7: ``ROADMostRelevantFirst(p)`` is a ``PerturbationConfidenceMetric``
+whose perturbation is ``RemoveMostRelevantFirst(p, NoisyLinearImputer())``, and
+``ROADMostRelevantFirstAverage(ps)`` an ``AveragerAcrossThresholds`` of
+``ROADMostRelevantFirst`` over ``ps``. They rank all maps at once and score every
+imputed image of every percentile ``batch_size`` at a time through one reused buffer.
+Called as ``metric(input_tensor, cams, targets, model)`` (``grayscale_cams=`` is accepted
+for ``cams=``); the single-percentile metrics also take ``return_visualization=False,
+return_diff=True`` (``return_diff=False``: the scores on the imputed images).
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import numpy as np
@@ -37,132 +49,92 @@ from torch import nn
 
 from pytorch_grad_cam.base_cam import Target
 from pytorch_grad_cam.metrics._common import (
-    batched_scores,
+    also_accepts,
     check_cams,
-    check_input_tensor,
     check_int,
-    check_metric_targets,
-    check_model,
     check_noise,
     check_percentile,
     check_percentiles,
-    evaluating,
-    original_scores,
     relevance_ranks,
-    to_numpy,
+)
+from pytorch_grad_cam.metrics.noisy_linear_imputer import NoisyLinearImputer, noisy_linear_impute
+from pytorch_grad_cam.metrics.perturbation_confidence import (
+    DEFAULT_PERCENTILES,
+    AveragerAcrossThresholds,
+    PerturbationConfidenceMetric,
+    PerturbedBatch,
+    RelevanceRemoval,
+    RemoveLeastRelevantFirst,
+    RemoveMostRelevantFirst,
+    perturbed_scores,
 )
 from pytorch_grad_cam.utils.model_outputs import OutputSelector
 
-DEFAULT_PERCENTILES = (10, 20, 30, 40, 50, 60, 70, 80, 90)
+__all__ = [
+    "AveragerAcrossThresholds",
+    "NoisyLinearImputer",
+    "PerturbationConfidenceMetric",
+    "ROADCombined",
+    "ROADLeastRelevantFirst",
+    "ROADLeastRelevantFirstAverage",
+    "ROADMostRelevantFirst",
+    "ROADMostRelevantFirstAverage",
+    "RemoveLeastRelevantFirst",
+    "RemoveMostRelevantFirst",
+    "noisy_linear_impute",
+]
 
-#: The imputer's neighbourhood: (dy, dx, weight). 1/6 for the 4 direct neighbours and
-#: 1/12 for the 4 diagonal ones (they sum to 1), as in the paper.
-NEIGHBOURS = (
-    (-1, 0, 1 / 6),
-    (1, 0, 1 / 6),
-    (0, -1, 1 / 6),
-    (0, 1, 1 / 6),
-    (-1, -1, 1 / 12),
-    (-1, 1, 1 / 12),
-    (1, -1, 1 / 12),
-    (1, 1, 1 / 12),
-)
-
-MORF, LERF = "most relevant first", "least relevant first"
+#: A ROAD plan: the removals of each image, in order.
+Plan = list[tuple[type[RelevanceRemoval], float]]
 
 
-def noisy_linear_impute(
-    image: torch.Tensor | np.ndarray,
-    removed: torch.Tensor | np.ndarray,
-    noise: float = 0.01,
-    rng: np.random.Generator | int | None = None,
-) -> torch.Tensor | np.ndarray:
-    """The paper's Noisy Linear Imputer: fill the ``removed`` pixels from their neighbours.
+def imputed_batch(
+    metric: str,
+    x: torch.Tensor,
+    maps: torch.Tensor,
+    plan: Plan,
+    noise: float,
+    seed: int,
+    keep_images: bool,
+) -> PerturbedBatch:
+    """Every removal of ``plan`` for every image, imputed on the host.
 
-    ``image`` is ``C x H x W``, ``removed`` an ``H x W`` boolean mask. Each removed pixel
-    ``i`` is the weighted average of its 8 neighbours ``j``:
-    ``x_i = sum_j w_ij x_j / sum_j w_ij``, with ``w = 1/6`` for the direct neighbours and
-    ``1/12`` for the diagonal ones, over the neighbours inside the image (the weights
-    are renormalised at the border). Kept pixels are fixed, so this is one sparse linear
-    system in the removed pixels, solved exactly (``scipy.sparse.linalg.spsolve``, one
-    factorisation for all channels). Its solution is the discrete harmonic interpolation
-    of the kept pixels: a linear ramp is reproduced exactly away from the border.
-    Gaussian noise of std ``noise`` (in the image's units) is then added to the removed
-    pixels only, drawn from ``rng`` (a ``numpy.random.Generator`` or a seed).
-
-    Every 8-connected region of removed pixels must touch a kept pixel, which holds
-    whenever at least one pixel is kept. Returns the imputed image, of ``image``'s type
-    (and, for a tensor, its dtype and device).
+    The maps are ranked once (one permutation from ``seed`` breaks every tie) and read
+    back with the images in one transfer each; each job is then
+    ``removal.imputer(image, removal.keep_mask(ranks))``, the noise drawn from one
+    generator in job order, so a call is reproducible and independent of the batch size.
     """
-    from scipy import sparse
-    from scipy.sparse.linalg import spsolve
-
-    as_tensor = isinstance(image, torch.Tensor)
-    if as_tensor:
-        values = image.detach().cpu().double().numpy()
-    else:
-        values = np.asarray(image, dtype=np.float64)
-    mask = removed.cpu().numpy() if isinstance(removed, torch.Tensor) else np.asarray(removed)
-    if values.ndim != 3:
-        raise ValueError(f"image must be C x H x W, got shape {values.shape}.")
-    channels, height, width = values.shape
-    if mask.shape != (height, width):
+    if x.ndim != 4:
         raise ValueError(
-            f"removed must be an H x W mask of the image's size {(height, width)}, got shape "
-            f"{mask.shape}."
+            f"{metric}: ROAD's imputer works on 2-D images, B x C x H x W; got "
+            f"input_tensor of shape {tuple(x.shape)}."
         )
-    mask = mask.astype(bool).reshape(-1)
-    unknown = np.flatnonzero(mask)
-    result = values.reshape(channels, -1).copy()
-    if unknown.size == mask.size:
-        raise ValueError("removed covers every pixel; keep at least one to impute from.")
-    if unknown.size:
-        count = unknown.size
-        index = np.full(mask.size, -1, dtype=np.int64)
-        index[unknown] = np.arange(count)
-        ys, xs = np.divmod(unknown, width)
-        neighbours, weights = [], []
-        for dy, dx, weight in NEIGHBOURS:
-            y, x = ys + dy, xs + dx
-            inside = (y >= 0) & (y < height) & (x >= 0) & (x < width)
-            neighbours.append((np.where(inside, y * width + x, 0), inside))
-            weights.append(np.where(inside, weight, 0.0))
-        total = np.sum(weights, axis=0)
-        rows, cols, entries = [np.arange(count)], [np.arange(count)], [np.ones(count)]
-        rhs = np.zeros((count, channels))
-        for (neighbour, inside), weight in zip(neighbours, weights):
-            weight = weight / total
-            neighbour_removed = mask[neighbour]
-            free = inside & neighbour_removed
-            fixed = inside & ~neighbour_removed
-            rows.append(np.flatnonzero(free))
-            cols.append(index[neighbour[free]])
-            entries.append(-weight[free])
-            rhs[fixed] += weight[fixed, None] * result[:, neighbour[fixed]].T
-        matrix = sparse.csc_matrix(
-            (np.concatenate(entries), (np.concatenate(rows), np.concatenate(cols))),
-            shape=(count, count),
-        )
-        solution = np.asarray(spsolve(matrix, rhs)).reshape(count, channels).T
-        if noise > 0:
-            generator = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
-            solution = solution + generator.normal(0.0, noise, size=solution.shape)
-        result[:, unknown] = solution
-    result = result.reshape(channels, height, width)
-    if as_tensor:
-        return torch.from_numpy(result).to(dtype=image.dtype, device=image.device)
-    dtype = np.asarray(image).dtype
-    return result.astype(dtype) if np.issubdtype(dtype, np.floating) else result
+    images, _, height, width = x.shape
+    rng = np.random.default_rng(seed)
+    generator = torch.Generator().manual_seed(int(rng.integers(2**62)))
+    ranks = relevance_ranks(maps, generator).cpu().numpy().reshape(images, height, width)
+    host_images = x.detach().cpu()
+    imputer = NoisyLinearImputer(noise, seed=rng)
+    removals = [removal(percentile, imputer) for removal, percentile in plan]
+    kept: list[torch.Tensor] = []
+
+    def fill(rows: torch.Tensor, start: int, stop: int) -> None:
+        for row, job in enumerate(range(start, stop)):
+            image, step = divmod(job, len(removals))
+            removal = removals[step]
+            imputed = removal.imputer(host_images[image], removal.keep_mask(ranks[image]))
+            rows[row].copy_(imputed)
+            if keep_images:
+                kept.append(imputed)
+
+    def kept_images() -> torch.Tensor | None:
+        return torch.stack(kept).to(x.device) if keep_images else None
+
+    return PerturbedBatch(len(removals), fill, kept_images)
 
 
-def removed_count(percentage: float, pixels: int) -> int:
-    """``round(percentage / 100 * pixels)``, keeping at least one pixel."""
-    return min(int(round(percentage / 100 * pixels)), pixels - 1)
-
-
-class _ROAD:
-    """The shared machinery: a plan of (order, percentile) removals, all imputed images
-    scored ``batch_size`` at a time through one reused buffer."""
+class ROADBase:
+    """The settings every ROAD metric shares, and its scoring of a plan of removals."""
 
     name = "ROAD"
 
@@ -178,80 +150,38 @@ class _ROAD:
         self.batch_size = check_int(batch_size, "batch_size", self.name)
         self.output_selector = output_selector
 
-    def _changes(
-        self,
-        input_tensor: torch.Tensor,
-        grayscale_cams: Any,
-        targets: list[Target] | None,
-        model: nn.Module,
-        plan: list[tuple[str, float]],
-        keep_images: bool = False,
-    ) -> tuple[np.ndarray, torch.Tensor | None]:
-        """``B x len(plan)`` score changes, and with ``keep_images`` the imputed images of
-        a one-step plan (``B x C x H x W``)."""
-        model = check_model(model, self.name)
-        x = check_input_tensor(input_tensor, model, self.name)
-        if x.ndim != 4:
-            raise ValueError(
-                f"{self.name}: ROAD's imputer works on 2-D images, B x C x H x W; got "
-                f"input_tensor of shape {tuple(x.shape)}."
-            )
-        cams = check_cams(grayscale_cams, x, self.name)
-        targets = check_metric_targets(targets, x.shape[0], self.name)
-        batch_size = check_int(self.batch_size, "batch_size", self.name)
-        images, channels, height, width = x.shape
-        pixels = height * width
-        rng = np.random.default_rng(self.seed)
-        # One permutation breaks the ties of every map; one sync brings the ranks over.
-        generator = torch.Generator().manual_seed(int(rng.integers(2**62)))
-        ranks = relevance_ranks(cams, generator).cpu().numpy().reshape(images, height, width)
-        host_images = x.detach().cpu()
-        masks = []
-        for mode, percentile in plan:
-            if mode == MORF:
-                count = removed_count(100 - percentile, pixels)
-                masks.append(lambda r, count=count: r < count)
-            else:
-                count = removed_count(percentile, pixels)
-                masks.append(lambda r, count=count: r >= pixels - count)
-        kept = [] if keep_images else None
+    def road_changes(
+        self, input_tensor: Any, cams: Any, targets: Any, model: Any, plan: Plan
+    ) -> np.ndarray:
+        """``B x len(plan)`` score changes ``y(X imputed) - y(X)``."""
 
-        def fill(rows: torch.Tensor, start: int, stop: int) -> None:
-            for row, job in enumerate(range(start, stop)):
-                image, step = divmod(job, len(plan))
-                removed = masks[step](ranks[image])
-                imputed = noisy_linear_impute(host_images[image], removed, self.noise, rng)
-                rows[row].copy_(imputed)
-                if kept is not None:
-                    kept.append(imputed)
+        def make_batch(x: torch.Tensor, maps: torch.Tensor, keep: bool) -> PerturbedBatch:
+            return imputed_batch(self.name, x, maps, plan, self.noise, self.seed, keep)
 
-        with evaluating(model):
-            before, targets = original_scores(model, x, targets, self.output_selector, batch_size)
-            job_targets = [target for target in targets for _ in plan]
-            after = batched_scores(
-                model,
-                x[0],
-                images * len(plan),
-                fill,
-                job_targets,
-                self.output_selector,
-                batch_size,
-            )
-        changes = to_numpy(after).reshape(images, len(plan)) - to_numpy(before)[:, None]
-        imputed = torch.stack(kept).to(x.device) if keep_images else None
-        return changes.astype(np.float32), imputed
+        before, after, _ = perturbed_scores(
+            self.name,
+            input_tensor,
+            cams,
+            targets,
+            model,
+            lambda maps, x: check_cams(maps, x, self.name),
+            make_batch,
+            self.batch_size,
+            self.output_selector,
+        )
+        return (after - before[:, None]).astype(np.float32)
 
 
-class ROADMostRelevantFirst(_ROAD):
+class ROADMostRelevantFirst(ROADBase, PerturbationConfidenceMetric):
     """ROAD, most relevant first: ``y(X with the 100 - percentile % most relevant pixels
     imputed) - y(X)`` per image. Lower (a larger drop) is better.
 
-    Called as ``metric(input_tensor, grayscale_cams, targets, model,
-    return_visualization=False)`` (``grayscale_cams``: ``B x H x W`` maps, any scale;
-    ``targets``: one per image, or ``None`` for each image's top class as a softmax
-    probability). Returns a float32 numpy array of ``B`` values, and with
-    ``return_visualization=True`` also the imputed images (a tensor on the model's
-    device).
+    Called as ``metric(input_tensor, cams, targets, model, return_visualization=False,
+    return_diff=True)`` (``cams``: ``B x H x W`` maps, any scale; ``targets``: one per
+    image, or ``None`` for each image's top class as a softmax probability). Returns a
+    float32 numpy array of ``B`` values (``return_diff=False``: the scores on the imputed
+    images), and with ``return_visualization=True`` also the imputed images (a tensor on
+    the model's device).
 
     Args:
         percentile: the map's percentile above which pixels are removed, in (0, 100).
@@ -262,7 +192,7 @@ class ROADMostRelevantFirst(_ROAD):
     """
 
     name = "ROADMostRelevantFirst"
-    mode = MORF
+    removal: type[RelevanceRemoval] = RemoveMostRelevantFirst
 
     def __init__(
         self,
@@ -272,29 +202,18 @@ class ROADMostRelevantFirst(_ROAD):
         batch_size: int = 32,
         output_selector: OutputSelector = None,
     ) -> None:
-        super().__init__(noise, seed, batch_size, output_selector)
+        ROADBase.__init__(self, noise, seed, batch_size, output_selector)
         self.percentile = check_percentile(percentile, "percentile", self.name)
+        imputer = NoisyLinearImputer(self.noise, seed=self.seed)
+        self.perturbation = self.removal(self.percentile, imputer, self.seed)
 
-    def __call__(
-        self,
-        input_tensor: torch.Tensor,
-        grayscale_cams: Any,
-        targets: list[Target] | None,
-        model: nn.Module,
-        return_visualization: bool = False,
-    ) -> np.ndarray | tuple[np.ndarray, torch.Tensor]:
+    def perturbed_batch(
+        self, x: torch.Tensor, maps: torch.Tensor, keep_images: bool
+    ) -> PerturbedBatch:
+        """The fast path: :func:`imputed_batch` with this metric's one removal."""
         percentile = check_percentile(self.percentile, "percentile", self.name)
-        changes, imputed = self._changes(
-            input_tensor,
-            grayscale_cams,
-            targets,
-            model,
-            [(self.mode, percentile)],
-            keep_images=return_visualization,
-        )
-        if return_visualization:
-            return changes[:, 0], imputed
-        return changes[:, 0]
+        plan: Plan = [(self.removal, percentile)]
+        return imputed_batch(self.name, x, maps, plan, self.noise, self.seed, keep_images)
 
 
 class ROADLeastRelevantFirst(ROADMostRelevantFirst):
@@ -306,7 +225,7 @@ class ROADLeastRelevantFirst(ROADMostRelevantFirst):
     """
 
     name = "ROADLeastRelevantFirst"
-    mode = LERF
+    removal = RemoveLeastRelevantFirst
 
     def __init__(
         self,
@@ -319,41 +238,46 @@ class ROADLeastRelevantFirst(ROADMostRelevantFirst):
         super().__init__(percentile, noise, seed, batch_size, output_selector)
 
 
-class ROADMostRelevantFirstAverage(_ROAD):
+class ROADMostRelevantFirstAverage(ROADBase, AveragerAcrossThresholds):
     """The mean of :class:`ROADMostRelevantFirst` over ``percentiles`` (default 10, 20,
     ..., 90), per image: lower is better. Called as
-    ``metric(input_tensor, grayscale_cams, targets, model)``; returns ``B`` float32 values.
+    ``metric(input_tensor, cams, targets, model)``; returns ``B`` float32 values.
     All ``B x len(percentiles)`` imputed images go through the model ``batch_size`` at a
-    time."""
+    time (``AveragerAcrossThresholds`` would run one metric per percentile)."""
 
     name = "ROADMostRelevantFirstAverage"
-    mode = MORF
+    single: type[ROADMostRelevantFirst] = ROADMostRelevantFirst
 
     def __init__(
         self,
-        percentiles: Any = DEFAULT_PERCENTILES,
+        percentiles: list[float] = DEFAULT_PERCENTILES,
         noise: float = 0.01,
         seed: int = 0,
         batch_size: int = 32,
         output_selector: OutputSelector = None,
     ) -> None:
-        super().__init__(noise, seed, batch_size, output_selector)
-        self.percentiles = check_percentiles(percentiles, self.name)
+        ROADBase.__init__(self, noise, seed, batch_size, output_selector)
+        single = functools.partial(
+            self.single,
+            noise=self.noise,
+            seed=self.seed,
+            batch_size=self.batch_size,
+            output_selector=output_selector,
+        )
+        AveragerAcrossThresholds.__init__(self, single, percentiles)
 
-    def _plan(self) -> list[tuple[str, float]]:
-        return [(self.mode, p) for p in check_percentiles(self.percentiles, self.name)]
-
+    @also_accepts("grayscale_cams", "cams")
     def __call__(
         self,
         input_tensor: torch.Tensor,
-        grayscale_cams: Any,
+        cams: Any,
         targets: list[Target] | None,
         model: nn.Module,
     ) -> np.ndarray:
-        changes, _ = self._changes(input_tensor, grayscale_cams, targets, model, self._plan())
-        return self._reduce(changes)
-
-    def _reduce(self, changes: np.ndarray) -> np.ndarray:
+        """The mean over the percentiles, float32 numpy ``B``."""
+        percentiles = check_percentiles(self.percentiles, self.name)
+        plan: Plan = [(self.single.removal, p) for p in percentiles]
+        changes = self.road_changes(input_tensor, cams, targets, model, plan)
         return changes.mean(axis=1).astype(np.float32)
 
 
@@ -363,23 +287,43 @@ class ROADLeastRelevantFirstAverage(ROADMostRelevantFirstAverage):
     :class:`ROADMostRelevantFirstAverage`."""
 
     name = "ROADLeastRelevantFirstAverage"
-    mode = LERF
+    single = ROADLeastRelevantFirst
 
 
-class ROADCombined(ROADMostRelevantFirstAverage):
+class ROADCombined(ROADBase):
     """``mean_p (LeRF(p) - MoRF(p)) / 2`` over ``percentiles`` (default 10, 20, ..., 90),
     per image: higher is better (the least relevant pixels matter less than the most
-    relevant ones). The unperturbed score cancels. Arguments and call as
-    :class:`ROADMostRelevantFirstAverage`; its ``2 x len(percentiles)`` imputed images per
-    image go through the model ``batch_size`` at a time."""
+    relevant ones). The unperturbed score cancels. That is
+    ``(ROADLeastRelevantFirstAverage(ps) - ROADMostRelevantFirstAverage(ps)) / 2``, with
+    all ``2 x len(percentiles)`` imputed images per image going through the model
+    ``batch_size`` at a time. Called as ``metric(input_tensor, cams, targets, model)``;
+    arguments as :class:`ROADMostRelevantFirstAverage`."""
 
     name = "ROADCombined"
 
-    def _plan(self) -> list[tuple[str, float]]:
-        percentiles = check_percentiles(self.percentiles, self.name)
-        return [(LERF, p) for p in percentiles] + [(MORF, p) for p in percentiles]
+    def __init__(
+        self,
+        percentiles: list[float] = DEFAULT_PERCENTILES,
+        noise: float = 0.01,
+        seed: int = 0,
+        batch_size: int = 32,
+        output_selector: OutputSelector = None,
+    ) -> None:
+        super().__init__(noise, seed, batch_size, output_selector)
+        self.percentiles = check_percentiles(percentiles, self.name)
 
-    def _reduce(self, changes: np.ndarray) -> np.ndarray:
-        half = changes.shape[1] // 2
-        lerf, morf = changes[:, :half], changes[:, half:]
+    @also_accepts("grayscale_cams", "cams")
+    def __call__(
+        self,
+        input_tensor: torch.Tensor,
+        cams: Any,
+        targets: list[Target] | None,
+        model: nn.Module,
+    ) -> np.ndarray:
+        """``mean_p (LeRF(p) - MoRF(p)) / 2``, float32 numpy ``B``."""
+        percentiles = check_percentiles(self.percentiles, self.name)
+        plan: Plan = [(RemoveLeastRelevantFirst, p) for p in percentiles]
+        plan += [(RemoveMostRelevantFirst, p) for p in percentiles]
+        changes = self.road_changes(input_tensor, cams, targets, model, plan)
+        lerf, morf = changes[:, : len(percentiles)], changes[:, len(percentiles) :]
         return ((lerf - morf) / 2).mean(axis=1).astype(np.float32)
