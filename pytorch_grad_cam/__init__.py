@@ -45,6 +45,7 @@ from pytorch_grad_cam.random_cam import RandomCAM
 from pytorch_grad_cam.refine_cam import RefineCAM
 from pytorch_grad_cam.score_cam import ScoreCAM
 from pytorch_grad_cam.seg_eigen_cam import SegEigenCAM
+from pytorch_grad_cam.sess import SESS
 from pytorch_grad_cam.shapley_cam import ShapleyCAM
 from pytorch_grad_cam.smooth_grad_cam_pp import SmoothGradCAMpp
 from pytorch_grad_cam.ss_cam import SSCAM
@@ -79,6 +80,7 @@ __all__ = [
     "RefineCAM",
     "ScoreCAM",
     "SegEigenCAM",
+    "SESS",
     "ShapleyCAM",
     "SmoothGradCAMpp",
     "SSCAM",
