@@ -14,6 +14,9 @@ from pytorch_grad_cam import (
     metrics as metrics,
 )
 from pytorch_grad_cam import (
+    sobel_cam as sobel_cam,
+)
+from pytorch_grad_cam import (
     utils as utils,
 )
 from pytorch_grad_cam.ablation_cam import AblationCAM
