@@ -107,6 +107,10 @@ def test_an_unknown_model_is_named():
 def test_command_line_messages_lose_their_flag():
     error = cli.CommandLineError("--weights /tmp/x.pt: no such file")
     assert str(page_message(error, "Weights file x.pt")) == "Weights file x.pt: no such file"
+    error = cli.CommandLineError("--model efficientnet_lite0 needs the examples extra: pip")
+    assert str(page_message(error, "Model lite:efficientnet_lite0")) == (
+        "Model lite:efficientnet_lite0: --model efficientnet_lite0 needs the examples extra: pip"
+    )
 
 
 # ----------------------------------------------------------------------- sessions

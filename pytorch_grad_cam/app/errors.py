@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 #: ``--flag VALUE: `` at the start of a command-line message (the page has no flags).
-_LEADING_FLAG = re.compile(r"^--[\w-]+(?: [^:]*)?: ")
+_LEADING_FLAG = re.compile(r"^--[\w-]+(?: [^\s:]+)?: ")
 
 
 class AppInputError(Exception):

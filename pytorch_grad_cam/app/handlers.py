@@ -136,7 +136,7 @@ class PageHandlers:
         self,
         key: str,
         weights_file: str | None,
-        image: LoadedImage,
+        image: LoadedImage | None,
         input_side: int,
         request: gr.Request,
     ) -> tuple[Any, ...]:
@@ -145,6 +145,7 @@ class PageHandlers:
             self.sessions.remember_upload(session_of(request), weights_file)
         selection = ModelSelection(key or DEFAULT_KEY, weights_file or None)
         loaded = self.store.get(selection.key, selection.weights_file)
+        image = required(image)
         prediction = self.service.predict(loaded, image, input_side)
         return (
             selection,
@@ -155,12 +156,14 @@ class PageHandlers:
 
     @shown_on_page
     def change_input_side(
-        self, image: LoadedImage, selection: ModelSelection, input_side: int
+        self, image: LoadedImage | None, selection: ModelSelection, input_side: int
     ) -> Any:
         """Another input size: predict again (the top classes depend on it); the class
         chosen to explain stays."""
         loaded = self.store.get(selection.key, selection.weights_file)
-        top_classes, _ = prediction_values(self.service.predict(loaded, image, input_side))
+        top_classes, _ = prediction_values(
+            self.service.predict(loaded, required(image), input_side)
+        )
         return top_classes
 
     def pick_top_class(self, event: gr.SelectData) -> Any:
@@ -171,7 +174,7 @@ class PageHandlers:
     @shown_on_page
     def explain(
         self,
-        image: LoadedImage,
+        image: LoadedImage | None,
         selection: ModelSelection,
         layer: str,
         category: int | None,
@@ -197,7 +200,7 @@ class PageHandlers:
         )
         results = self.service.explain(
             loaded,
-            image,
+            required(image),
             explain_request,
             cancel=stop,
             progress=lambda fraction, text: progress(fraction, desc=text),
@@ -214,6 +217,13 @@ class PageHandlers:
         """The tab was closed: delete the session's uploads and outputs."""
         deleted = self.sessions.end(session_of(request))
         LOGGER.info("session ended: deleted %d file(s) and folder(s)", len(deleted))
+
+
+def required(image: LoadedImage | None) -> LoadedImage:
+    """``image``, or an ``AppInputError`` when there is none yet."""
+    if image is None:
+        raise AppInputError("Image: upload an image, or use the example image")
+    return image
 
 
 def session_of(request: gr.Request | None) -> str:

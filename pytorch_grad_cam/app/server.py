@@ -144,6 +144,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     root = Path(tempfile.mkdtemp(prefix="gradcam-app-"))
     configure_environment(root)
+    store = ModelStore(device)
+    # The default model loads while the web framework is imported and the page starts.
+    threading.Thread(target=preload_default_model, args=(store,), daemon=True).start()
     try:
         import gradio  # noqa: F401 - fail early, with the install line
     except ImportError:
@@ -152,14 +155,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             '(in a checkout: pip install -e ".[app]")',
             file=sys.stderr,
         )
+        Path(root).rmdir()
         return 2
     from pytorch_grad_cam.app.handlers import PageHandlers
     from pytorch_grad_cam.app.sessions import SessionFiles
     from pytorch_grad_cam.app.ui import CSS, build_page
 
-    store = ModelStore(device)
-    preload = threading.Thread(target=preload_default_model, args=(store,), daemon=True)
-    preload.start()
     sessions = SessionFiles(root)
     service = ExplanationService(batch_size=args.batch_size, metric_steps=args.metric_steps)
     page = build_page(PageHandlers(service, store, sessions))

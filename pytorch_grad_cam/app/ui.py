@@ -35,7 +35,7 @@ SCORES_INFO = (
 def build_page(handlers: PageHandlers) -> gr.Blocks:
     """The app's page, wired to ``handlers``."""
     steps = handlers.service.metric_steps
-    with gr.Blocks(title=TITLE, analytics_enabled=False, delete_cache=(3600, 3600)) as page:
+    with gr.Blocks(title=TITLE, analytics_enabled=False, delete_cache=(600, 3600)) as page:
         gr.Markdown(INTRO)
         image_state = gr.State(None)
         model_state = gr.State(ModelSelection())
