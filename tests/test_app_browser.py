@@ -289,6 +289,8 @@ def test_page_compares_gradcam_and_scorecam_for_tiger_cat(app, browser, tmp_path
 def test_a_slow_method_shows_progress_and_stops(app, browser):
     outside: list[str] = []
     page = open_page(browser, app, outside)
+    page.locator("#top-classes").get_by_text("282: tiger cat").click()  # a top-5 class
+    page.wait_for_function("document.querySelector('#class input').value === '282: tiger cat'")
     methods = page.locator("#methods")
     methods.get_by_label("GradCAM", exact=True).uncheck()
     methods.get_by_label("ScoreCAM", exact=True).check()

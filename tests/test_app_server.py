@@ -96,6 +96,18 @@ def test_a_weights_file_replaces_the_weights(tmp_path):
     assert loaded.model.fc.out_features == 3
 
 
+def test_pretrained_weights_that_are_not_cached_get_the_pages_alternatives(monkeypatch):
+    monkeypatch.setattr(cli, "reachable", lambda url, timeout=3.0: False)  # offline
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: "/nonexistent/hub")  # nothing cached
+    with pytest.raises(AppInputError) as caught:
+        ModelStore(torch.device("cpu")).get("torchvision:resnet18")
+    assert str(caught.value) == (
+        "Model torchvision:resnet18: its pretrained weights are not in the cache here and "
+        "there is no network to download them; upload a weights file for it, add :random for "
+        "untrained weights, or use the offline default lite:efficientnet_lite0"
+    )
+
+
 def test_an_unknown_model_is_named():
     with pytest.raises(
         AppInputError,

@@ -33,6 +33,8 @@ DEFAULT_KEY = f"lite:{cli.DEFAULT_MODEL}"
 #: Architectures offered with untrained weights (small ones: a quick look at the pipeline).
 RANDOM_ARCHITECTURES = ("resnet18", "mobilenet_v3_small")
 SOURCES = ("lite", "torchvision", "timm")
+#: How the command line's loaders say that pretrained weights cannot be had.
+NO_NETWORK = "no network to download its pretrained weights"
 
 
 @dataclass(frozen=True)
@@ -159,7 +161,9 @@ def load_explainable(key: ModelKey, weights_file: str | None = None) -> cli.Expl
         if key.source == "timm":
             model = cli.load_timm_model(key.name, weights_file, random_weights)
             layers = cli.resolve_target_layers(model, None)
-            return cli.timm_explainable(model, layers, None, f"timm {key.name}")
+            weights = "untrained" if random_weights else weights_file or "pretrained"
+            description = f"timm {key.name} ({weights})"
+            return cli.timm_explainable(model, layers, None, description)
         if key.source == "lite" and key.name != cli.DEFAULT_MODEL:
             raise AppInputError(f"Model {key.text}: the only lite model is {DEFAULT_KEY}")
         args = argparse.Namespace(
@@ -170,6 +174,12 @@ def load_explainable(key: ModelKey, weights_file: str | None = None) -> cli.Expl
         )
         return cli.load_model(args)
     except cli.CommandLineError as error:
+        if NO_NETWORK in str(error):
+            raise AppInputError(
+                f"Model {key.text}: its pretrained weights are not in the cache here and there "
+                "is no network to download them; upload a weights file for it, add :random "
+                f"for untrained weights, or use the offline default {DEFAULT_KEY}"
+            ) from error
         raise page_message(error, subject) from error
 
 
