@@ -147,7 +147,7 @@ def browser() -> Iterator[object]:
 def open_page(browser, app: AppProcess, outside: list[str]):
     """A new tab on the app, requests to any other host refused (and recorded)."""
     page = browser.new_page(viewport={"width": 1280, "height": 1000})
-    page.set_default_timeout(60_000)
+    page.set_default_timeout(120_000)  # a shared, busy CPU
 
     def only_the_app(route) -> None:
         url = route.request.url
@@ -295,11 +295,14 @@ def test_a_slow_method_shows_progress_and_stops(app, browser):
     methods.get_by_label("GradCAM", exact=True).uncheck()
     methods.get_by_label("ScoreCAM", exact=True).check()
     page.locator("#explain").click()  # at 224 pixels: minutes of forward passes
-    progress = page.locator("#overlays").get_by_text(re.compile(r"ScoreCAM, target layer 0"))
-    progress.first.wait_for()
-    assert re.search(r"\d+/\d+ batch", page.locator("#overlays").inner_text())
-    pressed = time.perf_counter()
-    page.locator("#stop").click()
+    overlays = page.locator("#overlays")
+    progress = overlays.get_by_text(re.compile(r"ScoreCAM, target layer 0"))
+    try:
+        progress.first.wait_for()
+        overlays.get_by_text(re.compile(r"\d+/\d+ batch")).first.wait_for()  # a counter
+    finally:  # stopped even when a check fails, so that the next tests find the app free
+        pressed = time.perf_counter()
+        page.locator("#stop").click()
     progress.first.wait_for(state="hidden")
     print(f"app: progress gone {time.perf_counter() - pressed:.1f} s after Stop")
     # The computation itself stopped: the next explanation does not wait for it.
