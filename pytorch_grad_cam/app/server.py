@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from pytorch_grad_cam import cli
+from pytorch_grad_cam.app.images import load_image
 from pytorch_grad_cam.app.models import DEFAULT_KEY, ModelStore
 from pytorch_grad_cam.app.service import ExplanationService
 
@@ -145,8 +146,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     root = Path(tempfile.mkdtemp(prefix="gradcam-app-"))
     configure_environment(root)
     store = ModelStore(device)
+    service = ExplanationService(batch_size=args.batch_size, metric_steps=args.metric_steps)
     # The default model loads while the web framework is imported and the page starts.
-    threading.Thread(target=preload_default_model, args=(store,), daemon=True).start()
+    preload = threading.Thread(target=preload_default_model, args=(store, service), daemon=True)
+    preload.start()
     try:
         import gradio  # noqa: F401 - fail early, with the install line
     except ImportError:
@@ -162,7 +165,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     from pytorch_grad_cam.app.ui import CSS, build_page
 
     sessions = SessionFiles(root)
-    service = ExplanationService(batch_size=args.batch_size, metric_steps=args.metric_steps)
     page = build_page(PageHandlers(service, store, sessions))
     page.queue(default_concurrency_limit=args.concurrency, max_size=args.queue_size, api_open=False)
     signal.signal(signal.SIGTERM, interrupt)
@@ -180,10 +182,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def preload_default_model(store: ModelStore) -> None:
-    """Load the default model while the page starts (the first request then needs no wait)."""
+def preload_default_model(store: ModelStore, service: ExplanationService) -> None:
+    """Load the default model and run it once on the example image while the page
+    starts, so that the first page shows its prediction without waiting."""
     try:
-        store.get(DEFAULT_KEY)
+        service.predict(store.get(DEFAULT_KEY), load_image(cli.EXAMPLE_IMAGE))
     except Exception:  # noqa: BLE001 - the page reports it when it asks for the model
         LOGGER.exception("could not load the default model")
 
