@@ -16,13 +16,20 @@ from tqdm.auto import tqdm
 from pytorch_grad_cam.ablation_layer import AblationLayer
 from pytorch_grad_cam.activations_and_gradients import is_tensor_mapping, split_first_tensor
 from pytorch_grad_cam.base_cam import BaseCAM as BaseCAM  # re-exported: the incumbent's path
-from pytorch_grad_cam.base_cam import CamOptions, LayerContext, ReshapeTransform, check_input
+from pytorch_grad_cam.cam_call import CamCall, CamOptions, LayerContext
 from pytorch_grad_cam.perturbation_cam import PerturbationCAM, check_batch_size
 from pytorch_grad_cam.utils.find_layers import (
     replace_layer_recursive as replace_layer_recursive,  # re-exported: the incumbent's path
 )
 from pytorch_grad_cam.utils.maps import spatial_axes
-from pytorch_grad_cam.utils.model_tail import TailUnavailable, TracedModel, repeat_rows
+from pytorch_grad_cam.utils.model_tail import (
+    TailUnavailable,
+    TailValues,
+    TracedModel,
+    repeat_rows,
+)
+from pytorch_grad_cam.utils.reshape_transforms import ReshapeTransform
+from pytorch_grad_cam.utils.validation import check_cam_input as check_input
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
@@ -30,6 +37,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 TAIL_PATH = "tail"
+#: Where a pass keeps its traced values in ``call.method_state``.
+TAIL_VALUES = "ablation_cam.tail_values"
 FULL_FORWARD_PATH = "full forward"
 
 
@@ -88,9 +97,8 @@ class AblationCAM(PerturbationCAM):
         self.ratio_channels_to_ablate = ratio_channels_to_ablate
         #: For each target layer, the path the last call took: "tail" or "full forward".
         self.ablation_paths: list[str] = []
+        #: The model traced at the first call (kept: tracing once per object is enough).
         self._traced: TracedModel | None = None
-        #: Whether this call's forward pass ran through the traced model.
-        self._traced_inputs = False
         self._trace_failure: str | None = None
 
     # ----------------------------------------------------------------- the incumbent's API
@@ -106,11 +114,11 @@ class AblationCAM(PerturbationCAM):
         Every ablation runs the whole model with ``target_layer``'s output replaced."""
         activations_t = torch.as_tensor(np.asarray(activations), device=self.device).float()
         input_tensor = check_input(input_tensor, self.model)
-        if targets is None:
-            with torch.no_grad():
-                targets = self._top_classes(self._call_model(input_tensor))
         with torch.no_grad():
-            scores = self._target_scores(self._call_model(input_tensor), list(targets))
+            output = self.model(input_tensor)
+        if targets is None:
+            targets = self.default_targets(output)
+        scores = self._target_scores(output, list(targets))
         context = LayerContext(
             model=self.model,
             layer=target_layer,
@@ -121,12 +129,8 @@ class AblationCAM(PerturbationCAM):
             layer_output=activations_t,
             reshape_transform=None,
         )
-        traced, failure = self._traced, self._trace_failure
-        self._traced, self._trace_failure = None, "weights asked for from numpy activations"
-        try:
-            weights = self.layer_weights(activations_t, None, context)
-        finally:
-            self._traced, self._trace_failure = traced, failure
+        # Outside a call no traced values were recorded: every ablation runs the model.
+        weights = self.layer_weights(activations_t, None, context)
         return weights.flatten(1).cpu().numpy()
 
     def assemble_ablation_scores(
@@ -150,13 +154,16 @@ class AblationCAM(PerturbationCAM):
         self.activations = (tensor if tensor is not None else output).detach()
 
     # ----------------------------------------------------------------- forward pass
-    def _run_model(self, input_tensor: torch.Tensor) -> Any:
+    def run_model(self, call: CamCall) -> Any:
+        """The pass's forward, through the traced model when it can be: the values the
+        tails need are kept in the call (``call.method_state``), dropped with it."""
+        self.ablation_paths = []
         traced = self._traced_model()
-        if traced is None or self._model_inputs.args or self._model_inputs.kwargs:
-            self._traced_inputs = False
-            return self._call_model(input_tensor)
-        self._traced_inputs = True
-        return traced.run_and_record(input_tensor)
+        if traced is None or call.model_inputs.given:
+            return call.run_model(call.input_tensor)
+        output, values = traced.run_and_record(call.input_tensor)
+        call.method_state[TAIL_VALUES] = values
+        return output
 
     def _traced_model(self) -> TracedModel | None:
         """Trace once per CAM object (in eval mode, during the first call)."""
@@ -166,14 +173,6 @@ class AblationCAM(PerturbationCAM):
             except TailUnavailable as reason:
                 self._trace_failure = str(reason)
         return self._traced
-
-    def _maps(self, *args: Any, **kwargs: Any) -> torch.Tensor:
-        self.ablation_paths = []
-        try:
-            return super()._maps(*args, **kwargs)
-        finally:
-            if self._traced is not None:
-                self._traced.release()
 
     # ----------------------------------------------------------------- the weights
     def layer_weights(
@@ -243,18 +242,19 @@ class AblationCAM(PerturbationCAM):
         each image's unablated score computed by that path."""
         traced = self._traced
         problem = self._trace_failure
+        values = None if context.call is None else context.call.method_state.get(TAIL_VALUES)
         if ablation.levels is not None:
             problem = "the layer outputs a feature-pyramid mapping"
-        elif traced is not None and not self._traced_inputs:
-            problem = "the model takes extra_inputs / model_kwargs, which the tail does not"
+        elif traced is not None and values is None:
+            problem = "no traced values (the model takes extra_inputs / model_kwargs)"
         elif traced is not None:
-            problem = traced.tail_problem(context.layer_index)
+            problem = traced.tail_problem(context.layer_index, values)
         if problem is None:
-            problem, tail_scores = self._tail_scores(context)
+            problem, tail_scores = self._tail_scores(context, values)
         if problem is None:
             # The recorder's copy: the traced value may have been changed in place downstream.
             tensor = context.layer_output
-            _, rebuild = split_first_tensor(traced.layer_output(context.layer_index))
+            _, rebuild = split_first_tensor(traced.layer_output(context.layer_index, values))
             # One buffer for every chunk: the rows are copied in, then ablated in place.
             buffer = torch.empty(
                 (batch_size, *tensor.shape[1:]), dtype=tensor.dtype, device=tensor.device
@@ -262,7 +262,7 @@ class AblationCAM(PerturbationCAM):
 
             def run_tail(rows: list[int], channels: torch.Tensor) -> Any:
                 copies = ablation(repeat_rows(tensor, rows, buffer[: len(rows)]), channels)
-                return traced.run_tail(context.layer_index, rebuild(copies), rows)
+                return traced.run_tail(context.layer_index, rebuild(copies), rows, values)
 
             return run_tail, TAIL_PATH, tail_scores
 
@@ -277,13 +277,15 @@ class AblationCAM(PerturbationCAM):
 
             handle = context.layer.register_forward_hook(replace_output)
             try:
-                return self._call_model(repeat_rows(context.input_tensor, rows), rows)
+                return context.run_model(repeat_rows(context.input_tensor, rows), rows)
             finally:
                 handle.remove()
 
         return run_full_forward, FULL_FORWARD_PATH, context.target_scores
 
-    def _tail_scores(self, context: LayerContext) -> tuple[str | None, torch.Tensor | None]:
+    def _tail_scores(
+        self, context: LayerContext, values: TailValues
+    ) -> tuple[str | None, torch.Tensor | None]:
         """Each image's score through the tail, unablated; checked once per call against the
         model's own (a problem if they differ). The check runs one row more than the batch
         (the first image twice), so that a batch size the tail reuses must be adapted."""
@@ -292,10 +294,10 @@ class AblationCAM(PerturbationCAM):
         rows = [*range(batch), 0]
         with torch.inference_mode():
             tensor = context.layer_output
-            _, rebuild = split_first_tensor(traced.layer_output(context.layer_index))
+            _, rebuild = split_first_tensor(traced.layer_output(context.layer_index, values))
             try:
                 output = traced.run_tail(
-                    context.layer_index, rebuild(repeat_rows(tensor, rows)), rows
+                    context.layer_index, rebuild(repeat_rows(tensor, rows)), rows, values
                 )
                 scores = self._target_scores(output, [context.targets[row] for row in rows])
             except Exception as error:  # the tail cannot run on its own, or its output

@@ -18,8 +18,9 @@ from torch import nn
 
 from pytorch_grad_cam import ablation_cam
 from pytorch_grad_cam.ablation_cam import channel_positions
-from pytorch_grad_cam.base_cam import BaseCAM, ReshapeTransform
+from pytorch_grad_cam.base_cam import BaseCAM
 from pytorch_grad_cam.utils.find_layers import replace_layer_recursive
+from pytorch_grad_cam.utils.reshape_transforms import ReshapeTransform
 
 __all__ = ["AblationCAM", "AblationLayer", "BaseCAM", "replace_layer_recursive"]
 

@@ -30,9 +30,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from pytorch_grad_cam.base_cam import detached_output
 from pytorch_grad_cam.utils.maps import resize_maps, scale_to_unit_range
-from pytorch_grad_cam.utils.model_state import model_in_eval_mode
+from pytorch_grad_cam.utils.model_state import detached_output, model_in_eval_mode
 from pytorch_grad_cam.utils.reshape_transforms import TokenGrid, infer_token_grid
 from pytorch_grad_cam.utils.validation import check_input_tensor
 

@@ -1,33 +1,23 @@
 """BaseCAM: the pipeline every CAM method shares; a method supplies only its weighting.
 
-One call runs, in torch on the model's device:
+One call runs, in torch on the model's device (see ``docs/ARCHITECTURE.md``):
 
-    model output -> targets -> per-layer weights (the method) -> weighted activations
-    -> channel sum, or first principal component (eigen_smooth) -> ReLU
-    -> per-layer [0, 1] scaling -> resize to the input's spatial size -> mean over
-    layers -> per-image [0, 1] scaling
+    check the input and targets -> CamCall -> (per pass, one per augmentation)
+    run_model -> targets -> target_gradients -> per layer: reshape ->
+    weighted_activations (layer_weights * activations) -> reduce_channels -> ReLU
+    -> combine_layer_maps (scale per layer, resize, mean, scale) -> numpy or tensor
 
-A target layer may output a mapping of tensors (a feature pyramid); its gradient is
-then a mapping too, and the ``reshape_transform`` turns both into ``B x C x H x W``.
-
-The user's model is left as it was found: hooks exist only during a call, the
-modules' train/eval flags are restored, gradients are taken with
-``torch.autograd.grad`` with respect to the activations only, so no parameter's
-``.grad`` is touched. Calls on one model are serialised (``utils.model_state``).
-
-Code written for grad-cam 1.5.7 extends ``BaseCAM`` through numpy hooks
-(``get_cam_weights``, ``get_cam_image``, ...); :mod:`pytorch_grad_cam.incumbent_hooks`
-runs those, and the tensor pipeline here stays the fast path.
+The model is left as it was found: hooks exist only during a call, train/eval flags
+are restored, gradients are taken with respect to the activations only (no ``.grad``),
+and calls on one model are serialised (``utils.model_state``). grad-cam 1.5.7's numpy
+hooks (``get_cam_weights``, ...) run through :mod:`pytorch_grad_cam.incumbent_hooks`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
-import inspect
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, TypedDict
+from typing import Any
 
 import numpy as np
 import torch
@@ -37,31 +27,21 @@ from torch import nn
 from pytorch_grad_cam.activations_and_gradients import (
     ActivationsAndGradients as ActivationsAndGradients,  # re-exported: the incumbent's path
 )
-from pytorch_grad_cam.activations_and_gradients import (
-    LayerRecorder,
-    check_reached,
-    is_tensor_mapping,
-    map_tensors,
-)
+from pytorch_grad_cam.activations_and_gradients import LayerRecorder, check_reached, map_tensors
+from pytorch_grad_cam.cam_call import CamCall, CamOptions, ForwardPass, LayerContext, ModelInputs
 from pytorch_grad_cam.incumbent_hooks import IncumbentHooks, overridden_hooks
-from pytorch_grad_cam.utils.caller_warnings import warn_at_caller, warn_deprecated
+from pytorch_grad_cam.layer_layout import InferredReshapeWarning, LayerLayout
+from pytorch_grad_cam.utils.augmentation import augmented_mean, default_tta_transforms
+from pytorch_grad_cam.utils.caller_warnings import deprecated_constructor_spellings, warn_deprecated
 from pytorch_grad_cam.utils.image import scale_cam_image as scale_cam_image  # re-exported
 from pytorch_grad_cam.utils.maps import first_principal_component, resize_maps, scale_to_unit_range
 from pytorch_grad_cam.utils.model_outputs import OutputSelector
-from pytorch_grad_cam.utils.model_state import detached_output, model_in_eval_mode
-from pytorch_grad_cam.utils.model_state import model_device as model_device  # re-exported
-from pytorch_grad_cam.utils.model_tail import repeat_rows
+from pytorch_grad_cam.utils.model_state import detached_output, model_device, model_in_eval_mode
 from pytorch_grad_cam.utils.model_targets import (
     ClassifierOutputTarget as ClassifierOutputTarget,  # re-exported: the incumbent's path
 )
 from pytorch_grad_cam.utils.model_targets import Target
-from pytorch_grad_cam.utils.reshape_transforms import (
-    ReshapeTransform,
-    channels_last_to_first,
-    infer_reshape_transform,
-    infer_token_grid,
-    tokens_to_grid,
-)
+from pytorch_grad_cam.utils.reshape_transforms import ReshapeTransform
 from pytorch_grad_cam.utils.scoring import layer_gradients, target_scores, top_class_targets
 from pytorch_grad_cam.utils.svd_on_activations import (
     get_2d_projection as get_2d_projection,  # re-exported: the incumbent's path
@@ -69,17 +49,12 @@ from pytorch_grad_cam.utils.svd_on_activations import (
 from pytorch_grad_cam.utils.validation import (
     categories_to_targets,
     check_cam_input,
+    check_create_graph,
     check_target_layers,
     check_targets,
-    is_integer,
-    is_positive_int,
     looks_like_categories,
 )
 
-if TYPE_CHECKING:
-    pass
-
-# Names other modules and users import from here.
 __all__ = [
     "ActivationsAndGradients",
     "BaseCAM",
@@ -89,87 +64,10 @@ __all__ = [
     "LayerContext",
     "ReshapeTransform",
     "Target",
-    "check_input",
-    "check_targets",
     "default_tta_transforms",
-    "detached_output",
     "get_2d_projection",
-    "is_integer",
-    "is_positive_int",
-    "layer_gradients",
-    "looks_like_categories",
-    "model_device",
-    "model_in_eval_mode",
     "scale_cam_image",
-    "target_scores",
-    "warn_at_caller",
-    "warn_deprecated",
 ]
-
-#: The input check of every CAM method (``utils.validation.check_cam_input``).
-check_input = check_cam_input
-
-
-class InferredReshapeWarning(UserWarning):
-    """A target layer's output was reshaped by a transform the CAM inferred."""
-
-
-def default_tta_transforms() -> ttach.Compose:
-    """Horizontal flip x multiply by 0.9 / 1.0 / 1.1: six passes."""
-    return ttach.Compose([ttach.HorizontalFlip(), ttach.Multiply(factors=[0.9, 1.0, 1.1])])
-
-
-class CamOptions(TypedDict, total=False):
-    """The keyword-only options every method takes besides its own (``**options``)."""
-
-    tta_transforms: ttach.Compose | None
-    output_selector: OutputSelector
-    target_layer: nn.Module | None
-    use_cuda: bool | None
-
-
-@dataclass
-class ModelInputs:
-    """What a model with several inputs takes besides the image, for one call."""
-
-    args: tuple
-    kwargs: dict
-    #: The call's number of images: a tensor with this many rows has one per image.
-    batch_size: int
-
-    def for_rows(self, rows: Sequence[int] | None) -> tuple[tuple, dict]:
-        """The inputs for a batch whose row ``r`` comes from image ``rows[r]``."""
-        if rows is None or not (self.args or self.kwargs):
-            return self.args, self.kwargs
-
-        def follow(value: Any) -> Any:
-            per_image = isinstance(value, torch.Tensor) and value.ndim > 0
-            if per_image and value.shape[0] == self.batch_size:
-                return repeat_rows(value, list(rows))
-            return value
-
-        return tuple(map(follow, self.args)), {k: follow(v) for k, v in self.kwargs.items()}
-
-
-@dataclass
-class LayerContext:
-    """What a method may use to weight one target layer, besides activations and gradients.
-
-    Perturbation methods (AblationCAM, ScoreCAM) re-run the model with it.
-    """
-
-    model: nn.Module
-    layer: nn.Module
-    layer_index: int
-    input_tensor: torch.Tensor
-    #: One target per image (``targets=None`` resolved to each image's top class).
-    targets: list[Target] | None
-    #: Each image's target score on the unperturbed input, shape ``B``, detached.
-    target_scores: torch.Tensor | None
-    #: The layer's output as the model produced it, before ``reshape_transform``: a tensor,
-    #: or a mapping of tensors.
-    layer_output: Any
-    reshape_transform: ReshapeTransform | None
 
 
 class BaseCAM(IncumbentHooks):
@@ -200,13 +98,15 @@ class BaseCAM(IncumbentHooks):
             model returns a tuple, dict or ``ModelOutput`` and the default rule (a
             ``.logits`` attribute, a ``"logits"`` / ``"out"`` key, the first tensor of a
             tuple) does not fit: a key or attribute name, a tuple index, or a callable.
+        target_layer, use_cuda: deprecated spellings (``target_layers=[module]``; the
+            computation runs wherever the model's parameters are), accepted with a
+            ``DeprecationWarning``.
 
-    Deprecated spellings ``target_layer=module`` and ``use_cuda=`` are accepted with a
-    ``DeprecationWarning``; the computation runs wherever the model's parameters are.
-
-    A method subclasses ``BaseCAM`` and replaces one step: :meth:`layer_weights` (most),
-    :meth:`weighted_activations` (methods that do more than weight). See
-    ``docs/ARCHITECTURE.md``.
+    A method subclasses ``BaseCAM`` and replaces one of its extension points (see
+    ``docs/ARCHITECTURE.md``): :meth:`layer_weights` (most methods),
+    :meth:`weighted_activations`, :meth:`reduce_channels`, :meth:`combine_layer_maps`,
+    :meth:`run_model`, :meth:`target_gradients`, :meth:`default_targets`, or the whole
+    pass, :meth:`compute_maps`.
     """
 
     #: Whether the method needs the gradients of the target score.
@@ -215,6 +115,8 @@ class BaseCAM(IncumbentHooks):
     uses_targets: bool = True
     #: Whether the map is always the first principal component (EigenCAM, EigenGradCAM).
     uses_principal_component: bool = False
+    #: Whether the method maps target layers (False: FullGrad, which uses every bias).
+    uses_target_layers: bool = True
     #: Whether ``extra_inputs`` / ``model_kwargs`` (models with several inputs) are supported.
     supports_extra_inputs: bool = True
     #: Whether ``create_graph=True`` is supported: the weights are differentiable functions
@@ -235,19 +137,9 @@ class BaseCAM(IncumbentHooks):
         target_layer: nn.Module | None = None,
         use_cuda: bool | None = None,
     ) -> None:
-        if isinstance(reshape_transform, bool):
-            # The seeds' era signature was GradCAM(model, target_layer, use_cuda, ...).
-            use_cuda, reshape_transform = reshape_transform, None
-        if use_cuda is not None:
-            warn_deprecated(
-                "use_cuda= is no longer needed: the CAM runs on the device of the model's "
-                "parameters; move the model with model.to('cuda') instead."
-            )
-        if target_layer is not None:
-            if target_layers is not None:
-                raise TypeError("Pass target_layers=[...] or target_layer=..., not both.")
-            warn_deprecated("target_layer=module is deprecated; use target_layers=[module].")
-            target_layers = [target_layer]
+        reshape_transform, target_layers = deprecated_constructor_spellings(
+            reshape_transform, target_layers, target_layer, use_cuda
+        )
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}.")
         if reshape_transform is not None and not callable(reshape_transform):
@@ -260,7 +152,9 @@ class BaseCAM(IncumbentHooks):
             # all of it.
             model = model.module
         self.model = model
-        self.target_layers = check_target_layers(model, target_layers)
+        self.target_layers = (
+            check_target_layers(model, target_layers) if self.uses_target_layers else []
+        )
         self.reshape_transform = reshape_transform
         self.compute_input_gradient = bool(compute_input_gradient)
         if not uses_gradients:  # a subclass's own class attribute stands otherwise
@@ -271,9 +165,8 @@ class BaseCAM(IncumbentHooks):
         )
         self.output_selector = output_selector
         self.outputs: Any = None
+        #: The layers whose inferred reshape was announced (once per layer and object).
         self._announced_layers: set[int] = set()
-        self._create_graph = False
-        self._model_inputs = ModelInputs((), {}, 0)
         #: Which of the incumbent's numpy hooks this class's own code overrides.
         self._incumbent_overrides = overridden_hooks(type(self))
 
@@ -282,7 +175,14 @@ class BaseCAM(IncumbentHooks):
         """Where the model's parameters are, and so where the CAM runs."""
         return model_device(self.model)
 
-    # ----------------------------------------------------------------- the method's part
+    @property
+    def layer_layout(self) -> LayerLayout:
+        """How each target layer's output becomes ``B x C x *spatial`` activations."""
+        return LayerLayout(
+            self.model, self.target_layers, self.reshape_transform, self._announced_layers
+        )
+
+    # ----------------------------------------------------------------- extension points
     def layer_weights(
         self,
         activations: torch.Tensor,
@@ -306,8 +206,57 @@ class BaseCAM(IncumbentHooks):
         gradients: torch.Tensor | None,
         context: LayerContext,
     ) -> torch.Tensor:
-        """``weights * activations``; methods that do more than weight override this."""
+        """``layer_weights * activations``; methods that do more than weight replace this."""
         return self.layer_weights(activations, gradients, context) * activations
+
+    def reduce_channels(
+        self, weighted: torch.Tensor, eigen_smooth: bool, context: LayerContext
+    ) -> torch.Tensor:
+        """One ``B x *spatial`` map from ``B x C x *spatial`` weighted activations, before
+        the ReLU: their channel sum, or their first principal component (``eigen_smooth``,
+        or always for ``uses_principal_component``). KPCA-CAM replaces it."""
+        if eigen_smooth or self.uses_principal_component:
+            return first_principal_component(weighted)
+        return weighted.sum(dim=1)
+
+    def combine_layer_maps(
+        self, layer_maps: list[torch.Tensor], size: Sequence[int], scale: bool
+    ) -> torch.Tensor:
+        """The layers' maps (each at its layer's resolution) as one ``B x *size`` map: each
+        scaled to [0, 1] (``scale``) and resized to the input's size, then averaged and
+        scaled to [0, 1] again (as grad-cam 1.5.7 does); with ``scale=False`` the raw maps
+        resized and averaged. RefineCAM replaces it."""
+        if scale and "aggregate_multi_layers" in self._incumbent_overrides:
+            return self._incumbent_aggregate(layer_maps, size)
+        if not scale:
+            return torch.stack([resize_maps(m, size) for m in layer_maps]).mean(dim=0)
+        resized = [resize_maps(scale_to_unit_range(m), size) for m in layer_maps]
+        if len(resized) == 1:
+            return scale_to_unit_range(resized[0])
+        return scale_to_unit_range(torch.stack(resized).mean(dim=0))
+
+    def run_model(self, call: CamCall) -> Any:
+        """The model's output for ``call.input_tensor`` in one pass (the target layers'
+        hooks record it). AblationCAM and ShapleyCAM replace it."""
+        return call.run_model(call.input_tensor)
+
+    def target_gradients(
+        self, scores: torch.Tensor, layer_outputs: list[Any], call: CamCall
+    ) -> list[Any]:
+        """What the method weights with, per layer: d(sum of the scores)/d(layer output)
+        here; ShapleyCAM adds a second-order term."""
+        return layer_gradients(scores, layer_outputs, create_graph=call.keep_graph)
+
+    def default_targets(self, output: Any) -> list[Target]:
+        """``targets=None``: each image's top-scoring class (kept on the device);
+        ShapleyCAM explains it with the ReST score instead."""
+        return top_class_targets(output, self.output_selector)
+
+    def compute_maps(self, call: CamCall) -> torch.Tensor:
+        """One pass: ``B x *spatial`` maps at the input's size, combined over the layers.
+        FullGrad, which maps no target layer, replaces the whole pass."""
+        layer_maps = self._layer_maps(call)
+        return self.combine_layer_maps(layer_maps, self._map_size(call.input_tensor), call.scale)
 
     # ----------------------------------------------------------------- the public call
     def __call__(
@@ -328,6 +277,7 @@ class BaseCAM(IncumbentHooks):
         volumes, or ``B x C x L`` for signals).
 
         Args:
+            input_tensor: the images as the model takes them.
             targets: one callable per image mapping that image's model output to the
                 score to explain (see ``pytorch_grad_cam.utils.model_targets``), or
                 ``None`` for each image's top-scoring class.
@@ -342,11 +292,12 @@ class BaseCAM(IncumbentHooks):
                 (with ``as_tensor=True``), so that a loss on the maps can be
                 back-propagated into the model, e.g. to train with attention guidance.
                 The whole forward pass then records a graph. Gradient methods only.
-            extra_inputs, model_kwargs: for a model with several inputs, what it takes
-                besides the image: ``model(input_tensor, *extra_inputs, **model_kwargs)``.
-                A tensor whose first axis has one row per image follows its image when
+            extra_inputs: for a model with several inputs, what it takes besides the
+                image, ``model(input_tensor, *extra_inputs, **model_kwargs)``. A tensor
+                whose first axis has one row per image follows its image when
                 perturbation methods batch perturbed copies; anything else is passed as
                 it is.
+            model_kwargs: the model's keyword inputs besides the image (see above).
             target_category: deprecated; ``None``, an int for every image, or one int
                 per image. Use ``targets=[ClassifierOutputTarget(c), ...]``.
 
@@ -362,14 +313,12 @@ class BaseCAM(IncumbentHooks):
                 "target_category= is deprecated; pass "
                 "targets=[ClassifierOutputTarget(category), ...], one per image."
             )
-        plain_call = not (create_graph or as_tensor or extra_inputs or model_kwargs) and scale
-        overrides = self._incumbent_overrides
-        if plain_call and target_category is None:
-            # A subclass written for the incumbent that replaced its entry points.
-            if aug_smooth and "forward_augmentation_smoothing" in overrides:
-                return self.forward_augmentation_smoothing(input_tensor, targets, eigen_smooth)
-            if not aug_smooth and "forward" in overrides:
-                return self.forward(input_tensor, targets, eigen_smooth)
+        extras = create_graph or as_tensor or extra_inputs or model_kwargs
+        if scale and not extras and target_category is None:
+            # A subclass written for the incumbent may have replaced its entry points.
+            maps = self._incumbent_entry(input_tensor, targets, aug_smooth, eigen_smooth)
+            if maps is not None:
+                return maps
         return self._explain(
             input_tensor,
             targets,
@@ -397,14 +346,15 @@ class BaseCAM(IncumbentHooks):
         model_kwargs: Mapping[str, Any] | None = None,
         target_category: Any = None,
     ) -> np.ndarray | torch.Tensor:
-        """The call, checked and run: see :meth:`__call__`."""
-        input_tensor = check_input(input_tensor, self.model)
+        """The call, checked once and run: see :meth:`__call__`."""
+        input_tensor = check_cam_input(input_tensor, self.model)
         batch_size = input_tensor.shape[0]
-        targets = categories_to_targets(target_category, batch_size) if targets is None else targets
+        if targets is None:
+            targets = categories_to_targets(target_category, batch_size)
         if targets is not None:
             targets = check_targets(targets, batch_size)
         if create_graph:
-            self._check_create_graph(as_tensor)
+            check_create_graph(type(self).__name__, self.supports_create_graph, as_tensor)
         if (extra_inputs or model_kwargs) and not self.supports_extra_inputs:
             raise ValueError(
                 f"{type(self).__name__} does not take extra_inputs / model_kwargs yet; "
@@ -415,111 +365,45 @@ class BaseCAM(IncumbentHooks):
                 "aug_smooth=True flips and rescales images with ttach; a B x C x L signal has "
                 "no such augmentations here. Call without aug_smooth."
             )
-        keep_graph = create_graph or not self.detach
-        recording = torch.enable_grad() if keep_graph else contextlib.nullcontext()
-        # The call's state lives on self only inside the model's lock: another thread's
-        # call through this object (or on this model) waits until it is reset.
+        call = CamCall(
+            model=self.model,
+            input_tensor=input_tensor,
+            targets=targets,
+            eigen_smooth=eigen_smooth,
+            scale=scale,
+            keep_graph=create_graph or not self.detach,
+            model_inputs=ModelInputs(tuple(extra_inputs), dict(model_kwargs or {}), batch_size),
+        )
+        recording = torch.enable_grad() if call.keep_graph else contextlib.nullcontext()
         with model_in_eval_mode(self.model), recording:
-            self._model_inputs = ModelInputs(
-                tuple(extra_inputs), dict(model_kwargs or {}), batch_size
-            )
-            self._create_graph = keep_graph
-            try:
-                if aug_smooth:
-                    maps = self._augmented_maps(input_tensor, targets, eigen_smooth, scale)
-                else:
-                    maps = self._maps(input_tensor, targets, eigen_smooth, scale)
-            finally:
-                self._create_graph = False
-                self._model_inputs = ModelInputs((), {}, 0)
-        if as_tensor:
-            return maps
-        return maps.detach().cpu().numpy()
-
-    def _check_create_graph(self, as_tensor: bool) -> None:
-        if not self.supports_create_graph:
-            raise ValueError(
-                f"create_graph=True is not supported by {type(self).__name__}: only the "
-                "gradient methods (GradCAM, HiResCAM, GradCAMElementWise, GradCAMPlusPlus, "
-                "XGradCAM, LayerCAM, EigenGradCAM) give maps that are differentiable in the "
-                "model's parameters."
-            )
-        if not as_tensor:
-            raise ValueError(
-                "create_graph=True needs as_tensor=True: a numpy array cannot carry the "
-                "autograd graph."
-            )
+            maps = self._augmented_maps(call) if aug_smooth else self.compute_maps(call)
+        return maps if as_tensor else maps.detach().cpu().numpy()
 
     # ----------------------------------------------------------------- the pipeline
-    def _maps(
-        self,
-        input_tensor: torch.Tensor,
-        targets: Sequence[Target] | None,
-        eigen_smooth: bool,
-        scale: bool,
-    ) -> torch.Tensor:
-        """One pass: ``B x *spatial`` maps at the input's size, averaged over layers."""
-        layer_maps = self._layer_maps(input_tensor, targets, eigen_smooth)
-        return self.combine_layer_maps(layer_maps, self._map_size(input_tensor), scale)
-
-    def _layer_maps(
-        self,
-        input_tensor: torch.Tensor,
-        targets: Sequence[Target] | None,
-        eigen_smooth: bool,
-    ) -> list[torch.Tensor]:
+    def _layer_maps(self, call: CamCall) -> list[torch.Tensor]:
         """Each target layer's rectified map, at the layer's own resolution."""
-        layer_outputs, gradients, targets, scores = self._forward(input_tensor, targets)
-        size = input_tensor.shape[2:]
-        if self.compute_input_gradient:
-            input_tensor = self._input_with_gradient
+        forward = self._forward(call)
+        size = call.input_tensor.shape[2:]
+        layout = self.layer_layout
         layer_maps = []
-        for index, (layer_output, gradient) in enumerate(zip(layer_outputs, gradients)):
-            transform = self._layer_transform(index, layer_output, size)
+        for index, (output, gradient) in enumerate(zip(forward.layer_outputs, forward.gradients)):
+            transform = layout.transform(index, output, size)
             context = LayerContext(
                 model=self.model,
                 layer=self.target_layers[index],
                 layer_index=index,
-                input_tensor=input_tensor,
-                targets=targets,
-                target_scores=scores,
-                layer_output=layer_output,
+                input_tensor=forward.input_tensor,
+                targets=forward.targets,
+                target_scores=forward.scores,
+                layer_output=output,
                 reshape_transform=transform,
+                call=call,
             )
-            activations = self._reshape(index, layer_output, transform, len(size))
+            activations = layout.reshape(index, output, transform, len(size), call.keep_graph)
             if gradient is not None:
-                gradient = self._reshape(index, gradient, transform, len(size))
-            layer_maps.append(self._layer_map(activations, gradient, eigen_smooth, context))
+                gradient = layout.reshape(index, gradient, transform, len(size), call.keep_graph)
+            layer_maps.append(self._layer_map(activations, gradient, call.eigen_smooth, context))
         return layer_maps
-
-    def _map_size(self, input_tensor: torch.Tensor) -> tuple[int, ...]:
-        """The size of the maps: the input's spatial size, or what a subclass's
-        ``get_target_width_height`` says (it gives OpenCV's ``(width, height)`` order)."""
-        if "get_target_width_height" in self._incumbent_overrides:
-            return tuple(int(s) for s in reversed(self.get_target_width_height(input_tensor)))
-        return tuple(input_tensor.shape[2:])
-
-    def combine_layer_maps(
-        self, layer_maps: list[torch.Tensor], size: Sequence[int], scale: bool
-    ) -> torch.Tensor:
-        """The layers' maps (each at its layer's resolution) as one ``B x *size`` map: each
-        scaled to [0, 1] (``scale``) and resized to the input's size, then averaged and
-        scaled to [0, 1] again (as grad-cam 1.5.7 does); with ``scale=False`` the raw maps
-        resized and averaged. A method that combines layers otherwise replaces this step
-        (RefineCAM)."""
-        if scale and "aggregate_multi_layers" in self._incumbent_overrides:
-            per_layer = [resize_maps(scale_to_unit_range(m), size) for m in layer_maps]
-            combined = self.aggregate_multi_layers(
-                [m.detach().cpu().numpy()[:, None] for m in per_layer]
-            )
-            device = per_layer[0].device
-            return torch.as_tensor(np.asarray(combined, dtype=np.float32), device=device)
-        if not scale:
-            return torch.stack([resize_maps(m, size) for m in layer_maps]).mean(dim=0)
-        resized = [resize_maps(scale_to_unit_range(m), size) for m in layer_maps]
-        if len(resized) == 1:
-            return scale_to_unit_range(resized[0])
-        return scale_to_unit_range(torch.stack(resized).mean(dim=0))
 
     def _layer_map(
         self,
@@ -529,207 +413,75 @@ class BaseCAM(IncumbentHooks):
         context: LayerContext,
     ) -> torch.Tensor:
         """One layer's rectified map: the method's weighted activations, reduced over the
-        channels (their sum, or their first principal component)."""
+        channels; or a subclass's own ``get_cam_image`` / ``get_cam_weights`` (numpy)."""
         if self._incumbent_overrides & {"get_cam_image", "get_cam_weights"}:
             reduced = self._incumbent_layer_map(activations, gradients, eigen_smooth, context)
-            return torch.relu(reduced)
-        return torch.relu(self._reduced_map(activations, gradients, eigen_smooth, context))
+        else:
+            weighted = self.weighted_activations(activations, gradients, context)
+            reduced = self.reduce_channels(weighted, eigen_smooth, context)
+        return torch.relu(reduced)
 
-    def _reduced_map(
-        self,
-        activations: torch.Tensor,
-        gradients: torch.Tensor | None,
-        eigen_smooth: bool,
-        context: LayerContext,
-    ) -> torch.Tensor:
-        """The weighted activations summed over the channels, or projected on their first
-        principal component; before the ReLU."""
-        weighted = self.weighted_activations(activations, gradients, context)
-        if eigen_smooth or self.uses_principal_component:
-            return first_principal_component(weighted)
-        return weighted.sum(dim=1)
+    def _map_size(self, input_tensor: torch.Tensor) -> tuple[int, ...]:
+        """The size of the maps: the input's spatial size, or what a subclass's
+        ``get_target_width_height`` says (it gives OpenCV's ``(width, height)`` order)."""
+        if "get_target_width_height" in self._incumbent_overrides:
+            return tuple(int(s) for s in reversed(self.get_target_width_height(input_tensor)))
+        return tuple(input_tensor.shape[2:])
 
-    def _forward(
-        self, input_tensor: torch.Tensor, targets: Sequence[Target] | None
-    ) -> tuple[list[torch.Tensor], list[torch.Tensor | None], list[Target] | None, Any]:
-        """Run the model once.
-
-        Returns each target layer's output (detached), its gradient (or ``None``), the
-        targets (``None`` resolved to each image's top class) and each image's score.
-        """
+    def _forward(self, call: CamCall) -> ForwardPass:
+        """Run the model once (and its backward pass from the targets' scores)."""
         # With gradients, autograd is switched on by the first target layer's hook; with
         # create_graph the maps depend on every parameter, so it records from the start.
-        whole_graph = self._create_graph or self.compute_input_gradient
+        whole_graph = call.keep_graph or self.compute_input_gradient
         autograd = torch.enable_grad() if whole_graph else torch.no_grad()
+        input_tensor = call.input_tensor
         if self.compute_input_gradient:
             input_tensor = input_tensor.detach().clone().requires_grad_(True)
-            self._input_with_gradient = input_tensor
+            call = call.for_pass(input_tensor, call.targets)
+        targets = call.targets
         with LayerRecorder(self.target_layers, self.uses_gradients) as recorder:
             with autograd:
-                output = self._run_model(input_tensor)
+                output = self.run_model(call)
                 scores = None
                 if self.uses_targets:
-                    targets = targets if targets is not None else self._top_classes(output)
+                    targets = targets if targets is not None else self.default_targets(output)
                     scores = self._target_scores(output, targets)
             self.outputs = detached_output(output)
         layer_outputs = check_reached(recorder.outputs, self.target_layers)
-        if self.uses_gradients:
-            gradients = self._gradients(scores, layer_outputs)
-        else:
-            gradients = [None] * len(layer_outputs)
-        if not self._create_graph:
+        gradients: list[Any] = [None] * len(layer_outputs)
+        if self.uses_gradients and self.compute_input_gradient:
+            *gradients, input_gradient = self.target_gradients(
+                scores, [*layer_outputs, input_tensor], call
+            )
+            input_tensor.grad = input_gradient.detach()
+        elif self.uses_gradients:
+            gradients = self.target_gradients(scores, layer_outputs, call)
+        if not call.keep_graph:
             layer_outputs = [map_tensors(torch.Tensor.detach, out) for out in layer_outputs]
-        return layer_outputs, gradients, targets, None if scores is None else scores.detach()
-
-    def _gradients(self, scores: torch.Tensor, layer_outputs: list[Any]) -> list[Any]:
-        """What the method weights with, per layer: d(score)/d(layer output) here;
-        ShapleyCAM adds a second-order term."""
-        if not self.compute_input_gradient:
-            return layer_gradients(scores, layer_outputs, create_graph=self._create_graph)
-        leaf = self._input_with_gradient
-        *gradients, input_gradient = layer_gradients(
-            scores, [*layer_outputs, leaf], create_graph=self._create_graph
-        )
-        leaf.grad = input_gradient.detach()
-        return gradients
-
-    def _run_model(self, input_tensor: torch.Tensor) -> Any:
-        """The model's forward pass; a method that needs more from it overrides this."""
-        return self._call_model(input_tensor)
-
-    def _call_model(self, batch: torch.Tensor, rows: Sequence[int] | None = None) -> Any:
-        """The model on ``batch``, with the call's ``extra_inputs`` / ``model_kwargs``;
-        row ``r`` of ``batch`` comes from image ``rows[r]`` (``None``: the images as given)."""
-        args, kwargs = self._model_inputs.for_rows(rows)
-        return self.model(batch, *args, **kwargs)
-
-    def _top_classes(self, output: Any) -> list[Target]:
-        """``targets=None``: each image's top-scoring class, kept on the device."""
-        return top_class_targets(output, self.output_selector)
+        detached_scores = None if scores is None else scores.detach()
+        return ForwardPass(layer_outputs, gradients, targets, detached_scores, input_tensor)
 
     def _target_scores(self, output: Any, targets: Sequence[Target]) -> torch.Tensor:
         """Each image's target score, shape ``B``, with autograd on (see ``target_scores``)."""
         with torch.enable_grad():
             return target_scores(output, targets, self.output_selector)
 
-    def _layer_transform(
-        self, index: int, layer_output: torch.Tensor, image_size: Sequence[int]
-    ) -> ReshapeTransform | None:
-        """The reshape applied to one layer's output (and its gradient) in this call.
-
-        The user's ``reshape_transform`` if given (with ``image_size=`` bound when it takes
-        that keyword). Otherwise, for an image: token sequences ``B x N x C`` go through
-        ``tokens_to_grid`` and channels-last ``B x H x W x C`` outputs through
-        ``channels_last_to_first``, announced once per layer with a warning. A mapping of
-        tensors needs the user's transform.
-        """
-        if self.reshape_transform is None and is_tensor_mapping(layer_output):
-            layer = type(self.target_layers[index]).__name__
-            mapping = type(layer_output).__name__
-            raise ValueError(
-                f"target_layers[{index}] ({layer}) outputs a mapping ({mapping}) of tensors "
-                f"(keys {list(layer_output.keys())}); pass a reshape_transform that "
-                "combines them into B x C x H x W, e.g. fpn_reshape_transform (linear: for "
-                "gradient methods) or fasterrcnn_reshape_transform (grad-cam 1.5.7's) from "
-                "pytorch_grad_cam.utils.reshape_transforms for a feature pyramid."
-            )
-        if self.reshape_transform is not None:
-            if _takes_image_size(self.reshape_transform):
-                return functools.partial(self.reshape_transform, image_size=tuple(image_size))
-            return self.reshape_transform
-        transform = infer_reshape_transform(layer_output.shape, image_size)
-        if transform is tokens_to_grid:
-            prefix = getattr(self.model, "num_prefix_tokens", None)
-            prefix = prefix if is_integer(prefix) else None
-            layout = infer_token_grid(layer_output.shape[1], image_size, prefix)
-            self._announce(
-                index,
-                layer_output,
-                f"tokens_to_grid: {layout.prefix_tokens} leading token(s) dropped, the "
-                f"rest laid out as a {layout.height} x {layout.width} grid",
-            )
-            return functools.partial(
-                tokens_to_grid, image_size=tuple(image_size), num_prefix_tokens=prefix
-            )
-        if transform is channels_last_to_first:
-            self._announce(index, layer_output, "channels_last_to_first: B x H x W x C read")
-        return transform
-
-    def _announce(self, index: int, layer_output: torch.Tensor, how: str) -> None:
-        if index in self._announced_layers:
-            return
-        self._announced_layers.add(index)
-        layer = type(self.target_layers[index]).__name__
-        warn_at_caller(
-            f"target_layers[{index}] ({layer}) outputs shape {tuple(layer_output.shape)}, "
-            f"reshaped with pytorch_grad_cam.utils.reshape_transforms.{how}. Pass "
-            "reshape_transform= to choose the layout yourself and silence this warning.",
-            InferredReshapeWarning,
-        )
-
-    def _reshape(
-        self,
-        index: int,
-        tensor: torch.Tensor,
-        transform: ReshapeTransform | None,
-        spatial_rank: int,
-    ) -> torch.Tensor:
-        """A layer's output (or gradient) as ``B x C x *spatial``, with as many spatial axes
-        as the input (``spatial_rank``: 2 for images, 3 for volumes, 1 for signals)."""
-        original_shape = _shape_of(tensor)
-        if transform is not None:
-            # A transform may apply a module with parameters (Hugging Face CvT): its result
-            # joins the graph only when the call keeps one.
-            recording = contextlib.nullcontext() if self._create_graph else torch.no_grad()
-            with recording:
-                tensor = transform(tensor)
-        if isinstance(tensor, torch.Tensor) and tensor.ndim == 2 + spatial_rank:
-            return tensor.float()
-        layer = type(self.target_layers[index]).__name__
-        wanted = {1: "B x C x L", 2: "B x C x H x W", 3: "B x C x D x H x W"}[spatial_rank]
-        if transform is None:
-            raise ValueError(
-                f"target_layers[{index}] ({layer}) outputs a tensor of shape "
-                f"{original_shape}, but for this input CAM methods need {wanted} "
-                "activations, with as many spatial axes as the input. Pick a layer before "
-                "the pooling, or pass a reshape_transform that returns that layout (see "
-                "pytorch_grad_cam.utils.reshape_transforms)."
-            )
-        raise ValueError(
-            f"reshape_transform turned the output of target_layers[{index}] ({layer}), "
-            f"of shape {original_shape}, into {_shape_of(tensor)}; for this input it must "
-            f"return {wanted}, with as many spatial axes as the input."
-        )
-
-    def _augmented_maps(
-        self,
-        input_tensor: torch.Tensor,
-        targets: Sequence[Target] | None,
-        eigen_smooth: bool,
-        scale: bool,
-    ) -> torch.Tensor:
-        """Average of the maps of every ``tta_transforms`` pass, each mapped back."""
-        targets = self._unaugmented_pass(input_tensor, targets)
-        unaugmented_output = self.outputs
-        maps = []
-        for transformer in self.tta_transforms:
-            augmented = transformer.augment_image(input_tensor)
-            augmented_maps = self._maps(augmented, targets, eigen_smooth, scale)
-            maps.append(transformer.deaugment_mask(augmented_maps.unsqueeze(1)).squeeze(1))
-        self.outputs = unaugmented_output
-        return torch.stack(maps).mean(dim=0)
-
-    def _unaugmented_pass(
-        self, input_tensor: torch.Tensor, targets: Sequence[Target] | None
-    ) -> Sequence[Target]:
-        """Run the input as given: ``cam.outputs`` is its output, and with ``targets=None``
-        each image's top class there is what every augmentation explains."""
+    def _augmented_maps(self, call: CamCall) -> torch.Tensor:
+        """Average of the maps of every ``tta_transforms`` pass, each mapped back; the
+        unaugmented input's top classes are what every augmentation explains."""
         with torch.no_grad():
-            output = self._call_model(input_tensor)
-        self.outputs = detached_output(output)
-        if targets is not None or not self.uses_targets:
-            return targets
-        return self._top_classes(output)
+            output = call.run_model(call.input_tensor)
+        unaugmented_output = detached_output(output)
+        targets = call.targets
+        if targets is None and self.uses_targets:
+            targets = self.default_targets(output)
+        maps = augmented_mean(
+            self.tta_transforms,
+            call.input_tensor,
+            lambda augmented: self.compute_maps(call.for_pass(augmented, targets)),
+        )
+        self.outputs = unaugmented_output
+        return maps
 
     # ----------------------------------------------------------------- lifetime
     def close(self) -> None:
@@ -741,23 +493,6 @@ class BaseCAM(IncumbentHooks):
         return self
 
     def __exit__(self, exc_type: Any, exc_value: Any, exc_tb: Any) -> bool:
+        """Release ``outputs``; never swallow the caller's exception."""
         self.close()
-        return False  # never swallow the caller's exception
-
-
-# --------------------------------------------------------------------- helpers
-def _shape_of(value: Any) -> Any:
-    """For error messages: a tensor's shape, each shape of a mapping of tensors, or
-    the type of anything else."""
-    if is_tensor_mapping(value):
-        return {key: tuple(tensor.shape) for key, tensor in value.items()}
-    if isinstance(value, torch.Tensor):
-        return tuple(value.shape)
-    return type(value).__name__
-
-
-def _takes_image_size(function: Callable) -> bool:
-    try:
-        return "image_size" in inspect.signature(function).parameters
-    except (TypeError, ValueError):  # a builtin without a signature
         return False

@@ -10,15 +10,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from pytorch_grad_cam.base_cam import (
-    BaseCAM,
-    ReshapeTransform,
-    check_input,
-    is_positive_int,
-    model_in_eval_mode,
-)
+from pytorch_grad_cam.activations_and_gradients import LayerRecorder, check_reached
+from pytorch_grad_cam.layer_layout import LayerLayout
 from pytorch_grad_cam.utils.maps import resize_maps, scale_to_unit_range
 from pytorch_grad_cam.utils.model_outputs import OutputSelector
+from pytorch_grad_cam.utils.model_state import detached_output, model_in_eval_mode
+from pytorch_grad_cam.utils.reshape_transforms import ReshapeTransform
+from pytorch_grad_cam.utils.validation import check_cam_input as check_input
+from pytorch_grad_cam.utils.validation import check_target_layers, is_positive_int
 
 
 def non_negative_factorization(
@@ -54,7 +53,7 @@ def non_negative_factorization(
     )
 
 
-class DeepFeatureFactorization(BaseCAM):
+class DeepFeatureFactorization:
     """Concepts found by non-negative matrix factorisation of a layer's activations.
 
     The target layer's activations of the whole batch (``B x C x *spatial``, reshaped by
@@ -75,12 +74,10 @@ class DeepFeatureFactorization(BaseCAM):
         iterations: the NMF solver's maximum number of iterations.
         seed: the seed of the factorisation's random start.
 
-    ``reshape_transform`` and ``output_selector`` are those of
-    :class:`~pytorch_grad_cam.base_cam.BaseCAM`.
+    ``reshape_transform`` is that of :class:`~pytorch_grad_cam.base_cam.BaseCAM`. It is
+    not a layer CAM (it returns concepts, not one map per image), so it does not
+    subclass ``BaseCAM``; ``outputs`` holds the model's output of the last call.
     """
-
-    uses_gradients = False
-    uses_targets = False
 
     def __init__(
         self,
@@ -94,8 +91,15 @@ class DeepFeatureFactorization(BaseCAM):
         output_selector: OutputSelector = None,
         target_layers: Sequence[nn.Module] | None = None,
     ) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}.")
         layer = _one_layer(target_layer, target_layers)
-        super().__init__(model, [layer], reshape_transform, output_selector=output_selector)
+        self.model = model
+        self.target_layers = check_target_layers(model, [layer])
+        self.reshape_transform = reshape_transform
+        self.output_selector = output_selector
+        self.outputs: Any = None
+        self._announced_layers: set[int] = set()
         if computation_on_concepts is not None and not callable(computation_on_concepts):
             raise TypeError(
                 "computation_on_concepts must be a callable taking the k x C concept "
@@ -105,7 +109,7 @@ class DeepFeatureFactorization(BaseCAM):
         self.iterations = _check_positive_int("iterations", iterations, "e.g. iterations=200")
         self.seed = seed
 
-    def __call__(  # type: ignore[override]
+    def __call__(
         self, input_tensor: torch.Tensor, n_components: int = 16
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         """Factorise the target layer's activations of ``input_tensor`` into concepts.
@@ -124,10 +128,16 @@ class DeepFeatureFactorization(BaseCAM):
         )
         input_tensor = check_input(input_tensor, self.model)
         size = input_tensor.shape[2:]
+        layout = LayerLayout(
+            self.model, self.target_layers, self.reshape_transform, self._announced_layers
+        )
         with model_in_eval_mode(self.model):
-            (layer_output,), _, _, _ = self._forward(input_tensor, None)
-            transform = self._layer_transform(0, layer_output, size)
-            activations = self._reshape(0, layer_output, transform, len(size))
+            with LayerRecorder(self.target_layers, track_gradients=False) as recorder:
+                with torch.no_grad():
+                    self.outputs = detached_output(self.model(input_tensor))
+            (layer_output,) = check_reached(recorder.outputs, self.target_layers)
+            transform = layout.transform(0, layer_output, size)
+            activations = layout.reshape(0, layer_output, transform, len(size))
             batch, channels = activations.shape[:2]
             spatial = activations.shape[2:]
             matrix = activations.movedim(1, -1).reshape(-1, channels)
@@ -143,6 +153,19 @@ class DeepFeatureFactorization(BaseCAM):
                 with torch.no_grad():
                     concept_outputs = _to_numpy(self.computation_on_concepts(embeddings))
         return _to_numpy(embeddings.T), _to_numpy(explanations), concept_outputs
+
+    def close(self) -> None:
+        """Release the last output; no hook outlives a call."""
+        self.outputs = None
+
+    def __enter__(self) -> DeepFeatureFactorization:
+        """The object itself; leaving the block releases ``outputs``."""
+        return self
+
+    def __exit__(self, exc_type: Any, exc_value: Any, exc_tb: Any) -> bool:
+        """Release; never swallow an exception."""
+        self.close()
+        return False
 
 
 def _one_layer(target_layer: Any, target_layers: Any) -> Any:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from pytorch_grad_cam.base_cam import BaseCAM, LayerContext
+from pytorch_grad_cam.base_cam import BaseCAM
+from pytorch_grad_cam.cam_call import LayerContext
 from pytorch_grad_cam.incumbent_hooks import CategoryNamedImage
 from pytorch_grad_cam.utils.svd_on_activations import (
     get_2d_projection as get_2d_projection,  # re-exported: the incumbent's path

@@ -11,9 +11,11 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from pytorch_grad_cam.base_cam import BaseCAM, CamOptions, LayerContext, ReshapeTransform
+from pytorch_grad_cam.base_cam import BaseCAM
+from pytorch_grad_cam.cam_call import CamOptions, LayerContext
 from pytorch_grad_cam.incumbent_hooks import CategoryNamedImage
 from pytorch_grad_cam.utils.maps import spatial_axes
+from pytorch_grad_cam.utils.reshape_transforms import ReshapeTransform
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack

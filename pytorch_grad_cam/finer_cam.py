@@ -12,25 +12,21 @@ import numpy as np
 import torch
 from torch import nn
 
-from pytorch_grad_cam.base_cam import (
-    BaseCAM,
-    ReshapeTransform,
-    Target,
-    check_input,
-    check_targets,
-    is_integer,
-    looks_like_categories,
-    model_in_eval_mode,
-    warn_deprecated,
-)
+from pytorch_grad_cam.base_cam import BaseCAM
 from pytorch_grad_cam.grad_cam import GradCAM
+from pytorch_grad_cam.utils.caller_warnings import warn_deprecated
 from pytorch_grad_cam.utils.model_outputs import select_output
+from pytorch_grad_cam.utils.model_state import model_in_eval_mode
 from pytorch_grad_cam.utils.model_targets import (
     ClassifierOutputTarget,
+    Target,
 )
 from pytorch_grad_cam.utils.model_targets import (
     FinerWeightedTarget as FinerWeightedTarget,  # re-exported: the incumbent's path
 )
+from pytorch_grad_cam.utils.reshape_transforms import ReshapeTransform
+from pytorch_grad_cam.utils.validation import check_cam_input as check_input
+from pytorch_grad_cam.utils.validation import check_targets, is_integer, looks_like_categories
 
 #: The default comparison ranks: the three classes nearest the main one.
 DEFAULT_RANKS = (1, 2, 3)

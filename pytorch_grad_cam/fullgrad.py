@@ -11,19 +11,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from pytorch_grad_cam.base_cam import (
-    BaseCAM,
-    CamOptions,
-    ReshapeTransform,
-    Target,
-    check_input,
-    check_targets,
-    detached_output,
-    model_in_eval_mode,
-    warn_at_caller,
-)
+from pytorch_grad_cam.base_cam import BaseCAM
+from pytorch_grad_cam.cam_call import CamCall, CamOptions
+from pytorch_grad_cam.utils.caller_warnings import warn_at_caller
 from pytorch_grad_cam.utils.image import scale_cam_image
 from pytorch_grad_cam.utils.maps import resize_maps, scale_to_unit_range
+from pytorch_grad_cam.utils.model_state import detached_output, model_in_eval_mode
+from pytorch_grad_cam.utils.model_targets import Target
+from pytorch_grad_cam.utils.reshape_transforms import ReshapeTransform
+from pytorch_grad_cam.utils.validation import check_cam_input as check_input
+from pytorch_grad_cam.utils.validation import check_targets
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
@@ -90,6 +87,7 @@ class FullGrad(BaseCAM):
     """
 
     supports_extra_inputs = False  # its forward pass records every biased layer
+    uses_target_layers = False  # every biased layer is used
 
     def __init__(
         self,
@@ -99,9 +97,7 @@ class FullGrad(BaseCAM):
         **options: Unpack[CamOptions],
     ) -> None:
         options.pop("target_layer", None)  # ignored, as target_layers is
-        # Every biased layer is used: the model itself stands in for the target layers.
-        super().__init__(model, [model], None, **options)
-        self.target_layers = []
+        super().__init__(model, None, None, **options)
         self._warned_layout = False
 
     def get_bias_data(self, layer: nn.Module) -> torch.Tensor | None:
@@ -150,7 +146,7 @@ class FullGrad(BaseCAM):
         # Autograd stays on up to the gradients' sum: the caller may be inside no_grad().
         with _BiasRecorder(self.model) as recorder, torch.enable_grad():
             output = self.model(x)
-            targets = targets if targets is not None else self._top_classes(output)
+            targets = targets if targets is not None else self.default_targets(output)
             scores = self._target_scores(output, targets)
             tensors = [x, *recorder.outputs]
             if scores.requires_grad:
@@ -172,14 +168,10 @@ class FullGrad(BaseCAM):
         )
 
     # ----------------------------------------------------------------- the map
-    def _maps(
-        self,
-        input_tensor: torch.Tensor,
-        targets: Sequence[Target] | None,
-        eigen_smooth: bool,
-        scale: bool,
-    ) -> torch.Tensor:
-        terms = self._decompose(input_tensor, targets)
+    def compute_maps(self, call: CamCall) -> torch.Tensor:
+        """One pass: the psi-normalised terms summed (and scaled to [0, 1])."""
+        input_tensor, scale = call.input_tensor, call.scale
+        terms = self._decompose(input_tensor, call.targets)
         size = input_tensor.shape[2:]
         total = input_tensor.new_zeros((input_tensor.shape[0], *size), dtype=torch.float32)
         for term_map in self._term_maps(terms, size):

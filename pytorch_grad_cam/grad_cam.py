@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from pytorch_grad_cam.base_cam import BaseCAM, LayerContext
+from pytorch_grad_cam.base_cam import BaseCAM
+from pytorch_grad_cam.cam_call import LayerContext
 from pytorch_grad_cam.incumbent_hooks import CategoryNamedWeights
 from pytorch_grad_cam.utils.maps import spatial_axes
 

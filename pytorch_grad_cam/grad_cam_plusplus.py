@@ -9,7 +9,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from pytorch_grad_cam.base_cam import BaseCAM, LayerContext
+from pytorch_grad_cam.base_cam import BaseCAM
+from pytorch_grad_cam.cam_call import LayerContext
 from pytorch_grad_cam.utils.maps import spatial_axes
 
 

@@ -29,13 +29,15 @@ import numpy as np
 import torch
 from torch import nn
 
+from pytorch_grad_cam.cam_call import CamCall, LayerContext
 from pytorch_grad_cam.utils.image import scale_cam_image
 from pytorch_grad_cam.utils.maps import resize_maps, scale_to_unit_range, spatial_axes
 from pytorch_grad_cam.utils.model_state import model_in_eval_mode
 from pytorch_grad_cam.utils.svd_on_activations import get_2d_projection
+from pytorch_grad_cam.utils.validation import check_cam_input, check_targets
 
 if TYPE_CHECKING:
-    from pytorch_grad_cam.base_cam import BaseCAM, LayerContext
+    from pytorch_grad_cam.base_cam import BaseCAM
 
 #: The hooks a subclass may override, the incumbent's way.
 HOOKS = frozenset(
@@ -98,11 +100,12 @@ class IncumbentHooks:
     ) -> list[np.ndarray]:
         """Each target layer's map, ``B x 1 x H x W`` numpy, scaled to [0, 1] at the layer's
         resolution and resized to the input's size (one forward and backward pass)."""
-        from pytorch_grad_cam.base_cam import check_input  # noqa: PLC0415 (cycle)
-
-        input_tensor = check_input(input_tensor, self.model)
+        input_tensor = check_cam_input(input_tensor, self.model)
+        if targets is not None:
+            targets = check_targets(targets, input_tensor.shape[0])
+        call = CamCall(self.model, input_tensor, targets, eigen_smooth)
         with model_in_eval_mode(self.model):
-            layer_maps = self._layer_maps(input_tensor, targets, eigen_smooth)
+            layer_maps = self._layer_maps(call)
         size = self._map_size(input_tensor)
         return [
             resize_maps(scale_to_unit_range(m), size).detach().cpu().numpy()[:, None]
@@ -153,10 +156,39 @@ class IncumbentHooks:
         ReLU, the method's weighted activations reduced over the channels."""
         activations_t, gradients_t = _tensors(self, activations, grads)
         context = _context(self, input_tensor, target_layer, targets, activations_t)
-        reduced = self._reduced_map(activations_t, gradients_t, eigen_smooth, context)
+        weighted = self.weighted_activations(activations_t, gradients_t, context)
+        reduced = self.reduce_channels(weighted, eigen_smooth, context)
         return reduced.detach().float().cpu().numpy()
 
     # ----------------------------------------------------------------- running overrides
+    def _incumbent_entry(
+        self: BaseCAM,
+        input_tensor: torch.Tensor,
+        targets: Sequence[Any] | None,
+        aug_smooth: bool,
+        eigen_smooth: bool,
+    ) -> np.ndarray | None:
+        """The maps from a subclass's own ``forward`` / ``forward_augmentation_smoothing``,
+        or ``None`` when it overrides neither (the package's pipeline runs)."""
+        overrides = self._incumbent_overrides
+        if aug_smooth and "forward_augmentation_smoothing" in overrides:
+            return self.forward_augmentation_smoothing(input_tensor, targets, eigen_smooth)
+        if not aug_smooth and "forward" in overrides:
+            return self.forward(input_tensor, targets, eigen_smooth)
+        return None
+
+    def _incumbent_aggregate(
+        self: BaseCAM, layer_maps: list[torch.Tensor], size: Sequence[int]
+    ) -> torch.Tensor:
+        """The layers' maps combined by a subclass's own ``aggregate_multi_layers`` (each
+        scaled and resized first, as the incumbent hands them)."""
+        per_layer = [resize_maps(scale_to_unit_range(m), size) for m in layer_maps]
+        combined = self.aggregate_multi_layers(
+            [m.detach().cpu().numpy()[:, None] for m in per_layer]
+        )
+        device = per_layer[0].device
+        return torch.as_tensor(np.asarray(combined, dtype=np.float32), device=device)
+
     def _incumbent_layer_map(
         self: BaseCAM,
         activations: torch.Tensor,
@@ -224,8 +256,6 @@ def _context(
     targets: Sequence[Any] | None,
     activations: torch.Tensor,
 ) -> LayerContext:
-    from pytorch_grad_cam.base_cam import LayerContext  # noqa: PLC0415 (cycle)
-
     layers = list(cam.target_layers)
     index = next((i for i, known in enumerate(layers) if known is layer), 0)
     return LayerContext(

@@ -8,9 +8,10 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from pytorch_grad_cam.base_cam import CamOptions, LayerContext, ReshapeTransform
-from pytorch_grad_cam.score_cam import ScoreCAM
+from pytorch_grad_cam.cam_call import CamOptions, LayerContext
+from pytorch_grad_cam.score_cam import MaskedInputs, ScoreCAM
 from pytorch_grad_cam.smooth_grad_cam_pp import check_n_samples
+from pytorch_grad_cam.utils.reshape_transforms import ReshapeTransform
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
@@ -52,16 +53,19 @@ class ISCAM(ScoreCAM):
         )
         self.n_samples = check_n_samples(n_samples)
 
-    def layer_weights(
-        self, activations: torch.Tensor, gradients: torch.Tensor | None, context: LayerContext
-    ) -> torch.Tensor:
-        check_n_samples(self.n_samples)
-        return super().layer_weights(activations, gradients, context)
+    def masked_inputs(self, context: LayerContext) -> MaskedInputs:
+        """The masks scaled by ``i / n_samples``, ``i = 1 .. n_samples``."""
+        return ScaledMaskedInputs(check_n_samples(self.n_samples))
 
-    def _variants(self) -> int:
-        return self.n_samples
 
-    def _fill_masked(
+class ScaledMaskedInputs(MaskedInputs):
+    """``image * ((i / N) * mask)`` for row ``r`` = (step ``i = r // distinct + 1``, mask
+    ``r % distinct``), ``N = n_samples``."""
+
+    def __init__(self, n_samples: int):
+        self.variants = n_samples
+
+    def fill(
         self,
         out: torch.Tensor,
         masks: torch.Tensor,
@@ -69,9 +73,8 @@ class ISCAM(ScoreCAM):
         rows: range,
         distinct: int,
     ) -> torch.Tensor:
-        """``image * ((i/N) * mask)`` for row ``r`` = (step ``i = r // distinct + 1``, mask
-        ``r % distinct``)."""
+        """The masked image of each row with its mask scaled by its step."""
         steps = torch.arange(rows.start, rows.stop, device=masks.device) // distinct + 1
-        scales = (steps / self.n_samples).to(masks.dtype)
+        scales = (steps / self.variants).to(masks.dtype)
         scaled = masks * scales.view(-1, *[1] * (masks.ndim - 1))
-        return super()._fill_masked(out, scaled, image, rows, distinct)
+        return super().fill(out, scaled, image, rows, distinct)

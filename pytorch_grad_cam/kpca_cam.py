@@ -11,9 +11,11 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from pytorch_grad_cam.base_cam import BaseCAM, CamOptions, LayerContext, ReshapeTransform
+from pytorch_grad_cam.base_cam import BaseCAM
+from pytorch_grad_cam.cam_call import CamOptions, LayerContext
 from pytorch_grad_cam.incumbent_hooks import CategoryNamedImage
 from pytorch_grad_cam.utils.kernel_pca import KERNELS, kernel_first_principal_component
+from pytorch_grad_cam.utils.reshape_transforms import ReshapeTransform
 from pytorch_grad_cam.utils.svd_on_activations import (
     get_2d_projection_kernel as get_2d_projection_kernel,  # re-exported: the incumbent's path
 )
@@ -104,18 +106,13 @@ class KPCA_CAM(CategoryNamedImage, BaseCAM):  # the incumbent's class name
     ) -> torch.Tensor:
         return activations
 
-    def _layer_map(
-        self,
-        activations: torch.Tensor,
-        gradients: torch.Tensor | None,
-        eigen_smooth: bool,
-        context: LayerContext,
+    def reduce_channels(
+        self, weighted: torch.Tensor, eigen_smooth: bool, context: LayerContext
     ) -> torch.Tensor:
-        features = self.weighted_activations(activations, gradients, context)
-        projection = kernel_first_principal_component(
-            features, self.kernel, self.gamma, self.coef0, self.degree
+        """The positions' projection on the first kernel principal component."""
+        return kernel_first_principal_component(
+            weighted, self.kernel, self.gamma, self.coef0, self.degree
         )
-        return torch.relu(projection)
 
 
 def _is_finite_number(value: Any) -> bool:

@@ -9,16 +9,13 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from pytorch_grad_cam.base_cam import (
-    BaseCAM,
-    CamOptions,
-    LayerContext,
-    ReshapeTransform,
-    warn_at_caller,
-)
+from pytorch_grad_cam.base_cam import BaseCAM
+from pytorch_grad_cam.cam_call import CamOptions, LayerContext
+from pytorch_grad_cam.utils.caller_warnings import warn_at_caller
 from pytorch_grad_cam.utils.maps import spatial_axes
 from pytorch_grad_cam.utils.model_outputs import select_output
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+from pytorch_grad_cam.utils.reshape_transforms import ReshapeTransform
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack

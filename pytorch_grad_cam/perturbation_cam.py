@@ -7,7 +7,10 @@ from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
-from pytorch_grad_cam.base_cam import BaseCAM, CamOptions, ReshapeTransform, is_positive_int
+from pytorch_grad_cam.base_cam import BaseCAM
+from pytorch_grad_cam.cam_call import CamOptions
+from pytorch_grad_cam.utils.reshape_transforms import ReshapeTransform
+from pytorch_grad_cam.utils.validation import is_positive_int
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack

@@ -8,14 +8,11 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from pytorch_grad_cam.base_cam import (
-    BaseCAM,
-    CamOptions,
-    LayerContext,
-    ReshapeTransform,
-    is_integer,
-)
+from pytorch_grad_cam.base_cam import BaseCAM
+from pytorch_grad_cam.cam_call import CamOptions, LayerContext
 from pytorch_grad_cam.incumbent_hooks import CategoryNamedWeights
+from pytorch_grad_cam.utils.reshape_transforms import ReshapeTransform
+from pytorch_grad_cam.utils.validation import is_integer
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack

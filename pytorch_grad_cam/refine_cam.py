@@ -14,10 +14,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from pytorch_grad_cam.base_cam import BaseCAM, ReshapeTransform, Target
+from pytorch_grad_cam.base_cam import BaseCAM
 from pytorch_grad_cam.grad_cam_plusplus import GradCAMPlusPlus
 from pytorch_grad_cam.utils.image import scale_cam_image as scale_cam_image  # re-exported
 from pytorch_grad_cam.utils.maps import resize_maps, scale_to_unit_range
+from pytorch_grad_cam.utils.model_targets import Target
+from pytorch_grad_cam.utils.reshape_transforms import ReshapeTransform
 
 
 class RefineCAM:

@@ -11,9 +11,10 @@ from torch import nn
 from tqdm import tqdm
 
 from pytorch_grad_cam.base_cam import BaseCAM as BaseCAM  # re-exported: the incumbent's path
-from pytorch_grad_cam.base_cam import LayerContext, Target
+from pytorch_grad_cam.cam_call import LayerContext
 from pytorch_grad_cam.perturbation_cam import PerturbationCAM, check_batch_size
 from pytorch_grad_cam.utils.maps import resize_maps, scale_to_unit_range
+from pytorch_grad_cam.utils.model_targets import Target
 
 
 class ScoreCAM(PerturbationCAM):
@@ -59,11 +60,13 @@ class ScoreCAM(PerturbationCAM):
         gradients: torch.Tensor | None,
         context: LayerContext,
     ) -> torch.Tensor:
+        """``softmax_k`` of the target scores of the input masked by each channel."""
         batch_size = check_batch_size(self.batch_size)
         input_tensor = context.input_tensor
         images, channels = activations.shape[:2]
         targets = context.targets
         assert targets is not None  # uses_targets: BaseCAM resolved targets=None
+        masking = self.masked_inputs(context)
 
         with torch.inference_mode():
             # The dedup keys, one (small, layer-resolution) set per image: one sync each.
@@ -72,18 +75,18 @@ class ScoreCAM(PerturbationCAM):
                 canonical = scale_to_unit_range(activations[image].flatten(1))
                 maps, inverse = torch.unique(canonical, dim=0, return_inverse=True)
                 distinct.append((maps.view(-1, *activations.shape[2:]), inverse))
-            variants = self._variants()
-            rows = min(batch_size, variants * max(maps.shape[0] for maps, _ in distinct))
+            rows = min(batch_size, masking.variants * max(maps.shape[0] for maps, _ in distinct))
             buffer = torch.empty(
                 (rows, *input_tensor.shape[1:]),
                 dtype=input_tensor.dtype,
                 device=input_tensor.device,
             )
-            bar = self._progress(distinct, rows, context.layer_index)
+            bar = self._progress(distinct, rows, masking.variants, context.layer_index)
             scores = []
             for image, (maps, inverse) in enumerate(distinct):
+                masking.start_image(image, input_tensor[image])
                 distinct_scores = self._masked_scores(
-                    maps, image, input_tensor[image], targets[image], buffer, bar
+                    maps, image, input_tensor[image], targets[image], buffer, bar, masking, context
                 )
                 scores.append(distinct_scores[inverse])
             if bar is not None:
@@ -93,6 +96,11 @@ class ScoreCAM(PerturbationCAM):
         weights = torch.softmax(scores, dim=1).to(activations.device)
         return weights.view(images, channels, *[1] * (activations.ndim - 2))
 
+    def masked_inputs(self, context: LayerContext) -> MaskedInputs:
+        """How the masked inputs of one layer are built (ScoreCAM: the image times each
+        mask, scored once). SS-CAM and IS-CAM replace it with their variants."""
+        return MaskedInputs()
+
     def _masked_scores(
         self,
         maps: torch.Tensor,
@@ -101,23 +109,25 @@ class ScoreCAM(PerturbationCAM):
         target: Target,
         buffer: torch.Tensor,
         bar: Any,
+        masking: MaskedInputs,
+        context: LayerContext,
     ) -> torch.Tensor:
         """The target's score on ``image`` masked with each of ``maps`` (``N x *spatial``,
-        normalised), averaged over the method's variants of each masked image,
+        normalised), averaged over the variants of each masked image,
         ``buffer.shape[0]`` masked images per forward pass.
 
         Row ``r`` of the ``variants * N`` rows is variant ``r // N`` of mask ``r % N``.
         """
         distinct = maps.shape[0]
-        variants = self._variants()
+        variants = masking.variants
         size = image.shape[1:]
         sums = None
         for start in range(0, variants * distinct, buffer.shape[0]):
             rows = range(start, min(start + buffer.shape[0], variants * distinct))
             index = torch.arange(rows.start, rows.stop, device=maps.device) % distinct
             masks = _upsampled_masks(maps[index], size)
-            masked = self._fill_masked(buffer[: len(rows)], masks, image, rows, distinct)
-            output = self._call_model(masked, [image_index] * len(rows))
+            masked = masking.fill(buffer[: len(rows)], masks, image, rows, distinct)
+            output = context.run_model(masked, [image_index] * len(rows))
             scores = self._target_scores(output, [target] * len(rows))
             sums = scores.new_zeros(distinct) if sums is None else sums
             sums.index_add_(0, index.to(scores.device), scores)
@@ -125,13 +135,30 @@ class ScoreCAM(PerturbationCAM):
                 bar.update(1)
         return sums / variants
 
-    # ------------------------------------------------- hooks for the smoothed variants
-    def _variants(self) -> int:
-        """How many variants of each masked image are scored (their scores are averaged);
-        ScoreCAM scores the masked image itself."""
-        return 1
+    def _progress(self, distinct: list, rows: int, variants: int, layer_index: int) -> Any:
+        if not self.progress_bar:
+            return None
+        passes = sum(-(-variants * maps.shape[0] // rows) for maps, _ in distinct)
+        name = type(self).__name__
+        return tqdm(total=passes, desc=f"{name}, target layer {layer_index}", unit="batch")
 
-    def _fill_masked(
+
+class MaskedInputs:
+    """How ScoreCAM builds the masked inputs of one target layer: each image times each
+    of its (upsampled, normalised) channel masks, scored once (``variants = 1``).
+
+    One object serves one layer of one call (per-call state lives here, not on the CAM).
+    Row ``r`` of the ``variants * N`` rows of an image is variant ``r // N`` of mask
+    ``r % N``; the scores of an image's variants of one mask are averaged.
+    """
+
+    #: How many variants of each masked image are scored.
+    variants: int = 1
+
+    def start_image(self, image_index: int, image: torch.Tensor) -> None:
+        """Called before the rows of image ``image_index`` are built."""
+
+    def fill(
         self,
         out: torch.Tensor,
         masks: torch.Tensor,
@@ -142,14 +169,6 @@ class ScoreCAM(PerturbationCAM):
         """Write the inputs of ``rows`` into ``out`` and return it: ``image * mask``, each
         mask (``len(rows) x *spatial``, upsampled) broadcast over the image's channels."""
         return torch.mul(masks.unsqueeze(1), image, out=out)
-
-    def _progress(self, distinct: list, rows: int, layer_index: int) -> Any:
-        if not self.progress_bar:
-            return None
-        variants = self._variants()
-        passes = sum(-(-variants * maps.shape[0] // rows) for maps, _ in distinct)
-        name = type(self).__name__
-        return tqdm(total=passes, desc=f"{name}, target layer {layer_index}", unit="batch")
 
 
 def _upsampled_masks(maps: torch.Tensor, size: Sequence[int]) -> torch.Tensor:

@@ -8,14 +8,11 @@ from typing import Any
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from pytorch_grad_cam.base_cam import (
-    BaseCAM,
-    LayerContext,
-    Target,
-)
+from pytorch_grad_cam.base_cam import BaseCAM
+from pytorch_grad_cam.cam_call import CamCall, LayerContext
 from pytorch_grad_cam.incumbent_hooks import CategoryNamedWeights
 from pytorch_grad_cam.utils.maps import spatial_axes
-from pytorch_grad_cam.utils.model_targets import ClassifierOutputReST
+from pytorch_grad_cam.utils.model_targets import ClassifierOutputReST, Target
 from pytorch_grad_cam.utils.model_targets import (
     ClassifierOutputTarget as ClassifierOutputTarget,  # re-exported: the incumbent's path
 )
@@ -49,19 +46,23 @@ class ShapleyCAM(CategoryNamedWeights, BaseCAM):
     def layer_weights(
         self, activations: torch.Tensor, gradients: torch.Tensor, context: LayerContext
     ) -> torch.Tensor:
-        # ``gradients`` is g - 1/2 H A here (see _forward).
+        """``mean_ij (g - 1/2 H A)``: ``gradients`` is ``g - 1/2 H A`` here (see
+        :meth:`target_gradients`)."""
         return gradients.mean(dim=spatial_axes(gradients), keepdim=True)
 
-    def _run_model(self, input_tensor: torch.Tensor) -> Any:
-        # The fused attention kernels (flash, memory-efficient) have no second derivative;
-        # the math kernel, built from differentiable operations, does.
+    def run_model(self, call: CamCall) -> Any:
+        """The forward pass on the math attention kernel: the fused kernels (flash,
+        memory-efficient) have no second derivative, the math one does."""
         with sdpa_kernel(SDPBackend.MATH):
-            return self._call_model(input_tensor)
+            return call.run_model(call.input_tensor)
 
-    def _top_classes(self, output: Any) -> list[Target]:
-        return [ClassifierOutputReST(target.category) for target in super()._top_classes(output)]
+    def default_targets(self, output: Any) -> list[Target]:
+        """Each image's top class as its ReST score (the paper's default target)."""
+        return [ClassifierOutputReST(target.category) for target in super().default_targets(output)]
 
-    def _gradients(self, scores: torch.Tensor, layer_outputs: list[Any]) -> list[Any]:
+    def target_gradients(
+        self, scores: torch.Tensor, layer_outputs: list[Any], call: CamCall
+    ) -> list[Any]:
         """``g - 1/2 H A`` in place of each layer's gradient ``g``."""
         return shapley_gradients(scores, layer_outputs)
 

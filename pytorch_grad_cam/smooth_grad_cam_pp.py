@@ -11,17 +11,14 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from pytorch_grad_cam.activations_and_gradients import LayerRecorder, check_reached
-from pytorch_grad_cam.base_cam import (
-    CamOptions,
-    LayerContext,
-    ReshapeTransform,
-    Target,
-    is_positive_int,
-    layer_gradients,
-)
+from pytorch_grad_cam.cam_call import CamCall, CamOptions, LayerContext
 from pytorch_grad_cam.grad_cam_plusplus import GradCAMPlusPlus
 from pytorch_grad_cam.perturbation_cam import check_batch_size
 from pytorch_grad_cam.utils.maps import spatial_axes
+from pytorch_grad_cam.utils.model_targets import Target
+from pytorch_grad_cam.utils.reshape_transforms import ReshapeTransform
+from pytorch_grad_cam.utils.scoring import layer_gradients
+from pytorch_grad_cam.utils.validation import is_positive_int
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
@@ -29,6 +26,8 @@ if TYPE_CHECKING:
 #: A ``torch.Generator`` (its stream continues from call to call), an int seed (every call
 #: draws the same noise), or ``None`` (torch's global generator).
 NoiseSource = Union[torch.Generator, int, None]
+#: Where a pass keeps the noisy passes' moments in ``call.method_state``.
+MOMENTS = "smooth_grad_cam_pp.moments"
 
 
 class SmoothGradCAMpp(GradCAMPlusPlus):
@@ -88,25 +87,18 @@ class SmoothGradCAMpp(GradCAMPlusPlus):
         self.batch_size = check_batch_size(batch_size)
         self.generator = check_generator(generator)
         self.progress_bar = progress_bar
-        self._moments: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] | None = None
-
-    def _maps(self, *args: Any, **kwargs: Any) -> torch.Tensor:
-        try:
-            return super()._maps(*args, **kwargs)
-        finally:
-            self._moments = None
-
-    def _forward(self, input_tensor: torch.Tensor, targets: Sequence[Target] | None):
-        """The clean pass (activations, targets, scores), then the noisy passes' moments."""
-        layer_outputs, gradients, targets, scores = super()._forward(input_tensor, targets)
-        self._moments = self._noisy_moments(input_tensor, targets, layer_outputs)
-        return layer_outputs, gradients, targets, scores
 
     def layer_weights(
         self, activations: torch.Tensor, gradients: torch.Tensor | None, context: LayerContext
     ) -> torch.Tensor:
-        assert self._moments is not None  # set by _forward in the same call
-        mean, mean_squared, mean_cubed = self._moments[context.layer_index]
+        """Grad-CAM++'s weights with the gradient powers averaged over the noisy copies
+        (their moments are computed once per pass, for every layer, and kept in the call)."""
+        assert context.call is not None  # a layer's weights come from a call
+        moments = context.call.method_state.get(MOMENTS)
+        if moments is None:
+            moments = self._noisy_moments(context.call, context.targets)
+            context.call.method_state[MOMENTS] = moments
+        mean, mean_squared, mean_cubed = moments[context.layer_index]
         axes = spatial_axes(activations)
         activation_sum = activations.sum(dim=axes, keepdim=True)
         denominator = 2 * mean_squared + activation_sum * mean_cubed
@@ -116,12 +108,11 @@ class SmoothGradCAMpp(GradCAMPlusPlus):
         return (alpha * torch.relu(mean)).sum(dim=axes, keepdim=True)
 
     def _noisy_moments(
-        self,
-        input_tensor: torch.Tensor,
-        targets: Sequence[Target],
-        layer_outputs: list[torch.Tensor],
+        self, call: CamCall, targets: Sequence[Target] | None
     ) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         """Per target layer: the mean over the noisy copies of ``g``, ``g^2``, ``g^3``."""
+        assert targets is not None  # uses_targets: resolved before the weights
+        input_tensor = call.input_tensor
         n_samples = check_n_samples(self.n_samples)
         stdev_spread = check_stdev_spread(self.stdev_spread)
         batch_size = check_batch_size(self.batch_size)
@@ -130,9 +121,8 @@ class SmoothGradCAMpp(GradCAMPlusPlus):
         total = images * n_samples
         sigma = stdev_spread * value_range(input_tensor)
         draw = noise_drawer(self.generator, input_tensor)
-        transforms = [
-            self._layer_transform(index, output, size) for index, output in enumerate(layer_outputs)
-        ]
+        layout = self.layer_layout
+        transforms: list[Any] = []
         moments: list[list[torch.Tensor]] | None = None
         buffer = input_tensor.new_empty((min(batch_size, total), *input_tensor.shape[1:]))
         starts = range(0, total, buffer.shape[0])
@@ -144,8 +134,10 @@ class SmoothGradCAMpp(GradCAMPlusPlus):
             for slot, image in enumerate(image_of_row):
                 draw(out=noisy[slot]).mul_(sigma[image]).add_(input_tensor[image])
             gradients = self._gradients_at_layers(noisy, [targets[i] for i in image_of_row])
+            if not transforms:  # a gradient has its layer output's layout
+                transforms = [layout.transform(i, g, size) for i, g in enumerate(gradients)]
             gradients = [
-                self._reshape(i, g, transforms[i], input_tensor.ndim - 2)
+                layout.reshape(i, g, transforms[i], input_tensor.ndim - 2)
                 for i, g in enumerate(gradients)
             ]
             if moments is None:  # per layer: sums of g, g^2, g^3 for each image

@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING, Any, Callable
 import torch
 from torch import nn
 
-from pytorch_grad_cam.base_cam import CamOptions, LayerContext, ReshapeTransform, Target
-from pytorch_grad_cam.score_cam import ScoreCAM
+from pytorch_grad_cam.cam_call import CamOptions, LayerContext
+from pytorch_grad_cam.score_cam import MaskedInputs, ScoreCAM
 from pytorch_grad_cam.smooth_grad_cam_pp import (
     NoiseSource,
     check_generator,
@@ -17,6 +17,7 @@ from pytorch_grad_cam.smooth_grad_cam_pp import (
     check_stdev_spread,
     noise_drawer,
 )
+from pytorch_grad_cam.utils.reshape_transforms import ReshapeTransform
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
@@ -68,38 +69,31 @@ class SSCAM(ScoreCAM):
         self.n_samples = check_n_samples(n_samples)
         self.stdev_spread = check_stdev_spread(stdev_spread)
         self.generator = check_generator(generator)
-        self._draw: Callable[..., torch.Tensor] | None = None
-        self._noise: _NoiseStream | None = None
 
-    def layer_weights(
-        self, activations: torch.Tensor, gradients: torch.Tensor | None, context: LayerContext
-    ) -> torch.Tensor:
-        check_n_samples(self.n_samples)
-        check_stdev_spread(self.stdev_spread)
-        self._draw = noise_drawer(check_generator(self.generator), context.input_tensor)
-        try:
-            return super().layer_weights(activations, gradients, context)
-        finally:
-            self._draw = self._noise = None
+    def masked_inputs(self, context: LayerContext) -> MaskedInputs:
+        """The masked inputs with ``n_samples`` noise images added, the noise drawn afresh
+        for this layer of this call."""
+        n_samples = check_n_samples(self.n_samples)
+        stdev_spread = check_stdev_spread(self.stdev_spread)
+        draw = noise_drawer(check_generator(self.generator), context.input_tensor)
+        return NoisyMaskedInputs(draw, n_samples, stdev_spread)
 
-    def _masked_scores(
-        self,
-        maps: torch.Tensor,
-        image_index: int,
-        image: torch.Tensor,
-        target: Target,
-        buffer: torch.Tensor,
-        bar: Any,
-    ) -> torch.Tensor:
-        assert self._draw is not None
+
+class NoisyMaskedInputs(MaskedInputs):
+    """``image * mask + eps_s`` for row ``r`` = (sample ``s = r // N``, mask ``r % N``)."""
+
+    def __init__(self, draw: Callable[..., torch.Tensor], n_samples: int, stdev_spread: float):
+        self.draw = draw
+        self.variants = n_samples
+        self.stdev_spread = stdev_spread
+        self.noise: _NoiseStream | None = None
+
+    def start_image(self, image_index: int, image: torch.Tensor) -> None:
+        """A new stream of noise images for this image, scaled to its value range."""
         sigma = self.stdev_spread * (image.max() - image.min())
-        self._noise = _NoiseStream(self._draw, image, sigma)
-        return super()._masked_scores(maps, image_index, image, target, buffer, bar)
+        self.noise = _NoiseStream(self.draw, image, sigma)
 
-    def _variants(self) -> int:
-        return self.n_samples
-
-    def _fill_masked(
+    def fill(
         self,
         out: torch.Tensor,
         masks: torch.Tensor,
@@ -107,15 +101,14 @@ class SSCAM(ScoreCAM):
         rows: range,
         distinct: int,
     ) -> torch.Tensor:
-        """``image * mask + eps_s`` for row ``r`` = (sample ``s = r // distinct``, mask
-        ``r % distinct``)."""
-        masked = super()._fill_masked(out, masks, image, rows, distinct)
-        assert self._noise is not None
+        """The masked image of each row plus its sample's noise image."""
+        masked = super().fill(out, masks, image, rows, distinct)
+        assert self.noise is not None  # start_image comes first
         first, last = rows.start // distinct, (rows.stop - 1) // distinct
         for sample in range(first, last + 1):
             begin = max(rows.start, sample * distinct) - rows.start
             end = min(rows.stop, (sample + 1) * distinct) - rows.start
-            masked[begin:end] += self._noise.sample(sample)
+            masked[begin:end] += self.noise.sample(sample)
         return masked
 
 

@@ -9,7 +9,7 @@ import torchvision
 from transformers import ViTConfig, ViTForImageClassification
 
 from pytorch_grad_cam import GradCAM
-from pytorch_grad_cam.base_cam import InferredReshapeWarning
+from pytorch_grad_cam.layer_layout import InferredReshapeWarning
 from pytorch_grad_cam.utils.find_layers import (
     get_layer,
     suggest_target_layer_names,

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from pytorch_grad_cam import AblationCAM, GradCAM
-from pytorch_grad_cam.base_cam import InferredReshapeWarning
+from pytorch_grad_cam.layer_layout import InferredReshapeWarning
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from pytorch_grad_cam.utils.reshape_transforms import (
     channels_last_to_first,

@@ -17,8 +17,8 @@ from torch import nn
 from torch.utils import _pytree as pytree
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from pytorch_grad_cam.base_cam import default_tta_transforms
 from pytorch_grad_cam.score_cam import ScoreCAM
+from pytorch_grad_cam.utils.augmentation import default_tta_transforms
 from pytorch_grad_cam.utils.maps import first_principal_component
 from pytorch_grad_cam.utils.model_targets import (
     ClassifierOutputTarget,

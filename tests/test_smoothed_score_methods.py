@@ -20,8 +20,8 @@ from test_score_cam import (
     layer_outputs,
     min_max,
     seeded,
-    upsample_masks,
     upsample,
+    upsample_masks,
 )
 
 from pytorch_grad_cam.is_cam import ISCAM

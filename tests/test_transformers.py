@@ -15,7 +15,7 @@ from test_base_cam_state import assert_same_state, snapshot
 from transformers import ViTConfig, ViTForImageClassification
 
 import pytorch_grad_cam as methods
-from pytorch_grad_cam.base_cam import InferredReshapeWarning
+from pytorch_grad_cam.layer_layout import InferredReshapeWarning
 from pytorch_grad_cam.utils.maps import resize_maps
 from pytorch_grad_cam.utils.reshape_transforms import (
     swinT_reshape_transform,

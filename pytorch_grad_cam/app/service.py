@@ -29,11 +29,10 @@ from pytorch_grad_cam import cli
 from pytorch_grad_cam.app.errors import AppInputError, Cancelled, page_message
 from pytorch_grad_cam.app.images import LoadedImage
 from pytorch_grad_cam.app.models import LoadedModel
-from pytorch_grad_cam.base_cam import Target
 from pytorch_grad_cam.metrics import CamMultImageConfidenceChange, DeletionCurve, InsertionCurve
 from pytorch_grad_cam.utils.find_layers import get_layer
 from pytorch_grad_cam.utils.image import show_cam_on_image
-from pytorch_grad_cam.utils.model_targets import ClassifierOutputSoftmaxTarget
+from pytorch_grad_cam.utils.model_targets import ClassifierOutputSoftmaxTarget, Target
 from pytorch_grad_cam.utils.reshape_transforms import infer_reshape_transform
 
 #: Shown first, in this order; then the other methods of the package, alphabetically.

@@ -21,8 +21,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from pytorch_grad_cam.base_cam import BaseCAM, Target
-from pytorch_grad_cam.metrics._common import (
+from pytorch_grad_cam.base_cam import BaseCAM
+from pytorch_grad_cam.metrics.arguments import (
     also_accepts,
     check_cams,
     check_input_tensor,
@@ -30,12 +30,12 @@ from pytorch_grad_cam.metrics._common import (
     check_model,
     check_percentiles,
     check_unit_interval,
-    evaluating,
 )
+from pytorch_grad_cam.metrics.batch_scoring import evaluating
 from pytorch_grad_cam.metrics.cam_mult_image import multiply_tensor_with_cam
 from pytorch_grad_cam.metrics.road import ROADCombined
 from pytorch_grad_cam.utils.model_outputs import select_output
-from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget, Target
 
 __all__ = ["ARCC", "BaseCAM", "Coherency", "Complexity", "ROADCombined", "batch_pearson_coherency"]
 

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from pytorch_grad_cam.metrics._common import check_cams, check_unit_interval
+from pytorch_grad_cam.metrics.arguments import check_cams, check_unit_interval
 from pytorch_grad_cam.metrics.perturbation_confidence import (
     PerturbationConfidenceMetric,
     PerturbedBatch,

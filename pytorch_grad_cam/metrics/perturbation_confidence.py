@@ -27,11 +27,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from pytorch_grad_cam.base_cam import Target
-from pytorch_grad_cam.metrics._common import (
-    Fill,
+from pytorch_grad_cam.metrics.arguments import (
     also_accepts,
-    batched_scores,
     check_cams,
     check_input_tensor,
     check_int,
@@ -39,12 +36,17 @@ from pytorch_grad_cam.metrics._common import (
     check_model,
     check_percentile,
     check_percentiles,
+)
+from pytorch_grad_cam.metrics.batch_scoring import (
+    Fill,
+    batched_scores,
     evaluating,
     original_scores,
     relevance_ranks,
     to_numpy,
 )
 from pytorch_grad_cam.utils.model_outputs import OutputSelector
+from pytorch_grad_cam.utils.model_targets import Target
 
 #: ``perturbation(image, cam)``: one image ``C x H x W`` and its map ``H x W`` (tensors on
 #: the model's device) to the perturbed image, of the image's shape.

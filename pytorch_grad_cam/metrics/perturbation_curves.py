@@ -30,21 +30,23 @@ import torch
 import torchvision.transforms.functional as TF
 from torch import nn
 
-from pytorch_grad_cam.base_cam import Target
-from pytorch_grad_cam.metrics._common import (
+from pytorch_grad_cam.metrics.arguments import (
     also_accepts,
-    batched_scores,
     check_cams,
     check_input_tensor,
     check_int,
     check_metric_targets,
     check_model,
+)
+from pytorch_grad_cam.metrics.batch_scoring import (
+    batched_scores,
     evaluating,
     original_scores,
     relevance_ranks,
     to_numpy,
 )
 from pytorch_grad_cam.utils.model_outputs import OutputSelector
+from pytorch_grad_cam.utils.model_targets import Target
 
 Baseline = Union[str, float, torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]
 MODES = ("deletion", "insertion")

@@ -47,16 +47,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from pytorch_grad_cam.base_cam import Target
-from pytorch_grad_cam.metrics._common import (
+from pytorch_grad_cam.metrics.arguments import (
     also_accepts,
     check_cams,
     check_int,
     check_noise,
     check_percentile,
     check_percentiles,
-    relevance_ranks,
 )
+from pytorch_grad_cam.metrics.batch_scoring import relevance_ranks
 from pytorch_grad_cam.metrics.noisy_linear_imputer import NoisyLinearImputer, noisy_linear_impute
 from pytorch_grad_cam.metrics.perturbation_confidence import (
     DEFAULT_PERCENTILES,
@@ -69,6 +68,7 @@ from pytorch_grad_cam.metrics.perturbation_confidence import (
     perturbed_scores,
 )
 from pytorch_grad_cam.utils.model_outputs import OutputSelector
+from pytorch_grad_cam.utils.model_targets import Target
 
 __all__ = [
     "AveragerAcrossThresholds",

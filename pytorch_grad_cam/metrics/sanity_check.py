@@ -27,15 +27,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from pytorch_grad_cam.base_cam import Target, model_device
-from pytorch_grad_cam.metrics._common import (
-    check_input_tensor,
-    check_metric_targets,
-    check_model,
-)
+from pytorch_grad_cam.metrics.arguments import check_input_tensor, check_metric_targets, check_model
 from pytorch_grad_cam.utils.find_layers import get_layer
 from pytorch_grad_cam.utils.model_outputs import OutputSelector, select_output
-from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+from pytorch_grad_cam.utils.model_state import model_device
+from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget, Target
 
 #: A target layer given so that it can be found in the model's copy.
 LayerSpec = Union[str, nn.Module, Callable[[nn.Module], nn.Module]]

@@ -16,7 +16,7 @@ import itertools
 import operator
 import threading
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.fx
@@ -107,8 +107,6 @@ class TracedModel:
         self._prefix_lengths = [order[node] for node in self.layer_nodes]
         self._tail_inputs = [self._live_before(order, node) for node in self.layer_nodes]
         self._batch_dependent = _descendants_of_inputs(self.nodes)
-        self._recorded: dict[torch.fx.Node, Any] = {}
-        self._batch_size = 0
         # Built once: an Interpreter walks every submodule when it is constructed.
         self._interpreter = _ForgetfulInterpreter(root, graph=graph)
         self._recorder = _RecordingInterpreter(root, graph=graph)
@@ -132,15 +130,15 @@ class TracedModel:
             if any(order[user] > position for user in node.users)
         ]
 
-    def run_and_record(self, input_tensor: torch.Tensor) -> Any:
-        """Run the whole model, keeping what each layer's tail needs. Returns the output."""
+    def run_and_record(self, input_tensor: torch.Tensor) -> tuple[Any, TailValues]:
+        """Run the whole model, keeping what each layer's tail needs. Returns the output and
+        the recorded values (the caller keeps them for the call, and drops them after)."""
         needed = {node for inputs in self._tail_inputs for node in inputs}
         needed.update(self.layer_nodes)
-        output, self._recorded = self._recorder.run_recording(input_tensor, needed)
-        self._batch_size = input_tensor.shape[0]
-        return output
+        output, recorded = self._recorder.run_recording(input_tensor, needed)
+        return output, TailValues(recorded, input_tensor.shape[0])
 
-    def tail_problem(self, layer_index: int) -> str | None:
+    def tail_problem(self, layer_index: int, values: TailValues) -> str | None:
         """Why the recorded values cannot feed the tail on a new batch size, if they cannot.
 
         A value derived from the input that is not a tensor may hold the batch size
@@ -151,7 +149,7 @@ class TracedModel:
         stops the tail.
         """
         for node in self._tail_inputs[layer_index]:
-            value = self._recorded[node]
+            value = values.recorded[node]
             if node in self._batch_dependent and not isinstance(value, torch.Tensor):
                 if not (_is_int_or_shape(value) or _holds_no_batch_size(value)):
                     return (
@@ -160,10 +158,13 @@ class TracedModel:
                     )
         return None
 
-    def layer_output(self, layer_index: int) -> Any:
-        return self._recorded[self.layer_nodes[layer_index]]
+    def layer_output(self, layer_index: int, values: TailValues) -> Any:
+        """The recorded output of ``layers[layer_index]``."""
+        return values.recorded[self.layer_nodes[layer_index]]
 
-    def run_tail(self, layer_index: int, layer_output: Any, rows: list[int]) -> Any:
+    def run_tail(
+        self, layer_index: int, layer_output: Any, rows: list[int], values: TailValues
+    ) -> Any:
         """The model's output when ``layers[layer_index]`` outputs ``layer_output``.
 
         Row ``r`` of ``layer_output`` belongs to image ``rows[r]`` of the recorded
@@ -174,32 +175,36 @@ class TracedModel:
             self.nodes[: self._prefix_lengths[layer_index]]
         )
         for node in self._tail_inputs[layer_index]:
-            value = self._recorded[node]
+            value = values.recorded[node]
             if node in self._batch_dependent:
-                value = self._for_rows(node, value, rows)
+                value = _for_rows(node, value, rows, values.batch_size)
             environment[node] = value
         environment[self.layer_nodes[layer_index]] = layer_output
         return self._interpreter.run(initial_env=environment)
 
-    def _for_rows(self, node: torch.fx.Node, value: Any, rows: list[int]) -> Any:
-        """A recorded batch-dependent value, made to fit ``rows`` instead of the batch.
 
-        An int read from a shape is the batch size when it was read from axis 0 (an
-        ``H`` that happens to equal the batch size is not); an int of unknown origin is
-        taken to be it when it equals the batch size.
-        """
-        if isinstance(value, torch.Tensor):
-            return repeat_rows(value, rows)
-        if isinstance(value, int) and value == self._batch_size:
-            axis = _shape_axis_read_by(node)
-            return len(rows) if axis is None or axis == 0 else value
-        if isinstance(value, tuple) and value and value[0] == self._batch_size:
-            return type(value)((len(rows), *value[1:]))
-        return value
+class TailValues(NamedTuple):
+    """What one run recorded for the tails: node values and the batch size."""
 
-    def release(self) -> None:
-        """Drop the recorded values (they hold a batch of activations)."""
-        self._recorded = {}
+    recorded: dict[torch.fx.Node, Any]
+    batch_size: int
+
+
+def _for_rows(node: torch.fx.Node, value: Any, rows: list[int], batch_size: int) -> Any:
+    """A recorded batch-dependent value, made to fit ``rows`` instead of the batch.
+
+    An int read from a shape is the batch size when it was read from axis 0 (an ``H``
+    that happens to equal the batch size is not); an int of unknown origin is taken to be
+    it when it equals the batch size.
+    """
+    if isinstance(value, torch.Tensor):
+        return repeat_rows(value, rows)
+    if isinstance(value, int) and value == batch_size:
+        axis = _shape_axis_read_by(node)
+        return len(rows) if axis is None or axis == 0 else value
+    if isinstance(value, tuple) and value and value[0] == batch_size:
+        return type(value)((len(rows), *value[1:]))
+    return value
 
 
 def repeat_rows(

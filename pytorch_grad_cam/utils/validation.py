@@ -204,3 +204,17 @@ def categories_to_targets(target_category: Any, batch_size: int) -> list[Target]
     if is_integer(target_category):
         return [ClassifierOutputTarget(int(target_category)) for _ in range(batch_size)]
     return [ClassifierOutputTarget(int(category)) for category in target_category]
+
+
+def check_create_graph(method: str, supported: bool, as_tensor: bool) -> None:
+    """``create_graph=True`` needs a gradient method and ``as_tensor=True``."""
+    if not supported:
+        raise ValueError(
+            f"create_graph=True is not supported by {method}: only the gradient methods "
+            "(GradCAM, HiResCAM, GradCAMElementWise, GradCAMPlusPlus, XGradCAM, LayerCAM, "
+            "EigenGradCAM) give maps that are differentiable in the model's parameters."
+        )
+    if not as_tensor:
+        raise ValueError(
+            "create_graph=True needs as_tensor=True: a numpy array cannot carry the autograd graph."
+        )
