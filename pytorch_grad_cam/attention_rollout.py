@@ -289,7 +289,7 @@ def _is_hugging_face(model: nn.Module) -> bool:
 
 
 def _transformers_5() -> bool:
-    """transformers 5's eager attention modules return ``(output, probabilities)`` on every
+    """Transformers 5's eager attention modules return ``(output, probabilities)`` on every
     call; 4.x's only under ``output_attentions=True``, which 5 serves with hooks of its own
     that it installs on the model for good."""
     import transformers

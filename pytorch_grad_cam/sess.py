@@ -482,7 +482,7 @@ def _check_bool(name: str, value: Any) -> bool:
 def _check_fraction(name: str, value: Any, high: float = 1.0, open_low: bool = False) -> float:
     """A number in [0, high) ((0, high) with ``open_low``)."""
     real = isinstance(value, numbers.Real) and not isinstance(value, bool)
-    if not (real and (0 < value if open_low else 0 <= value) and value < high):
+    if not (real and (value > 0 if open_low else value >= 0) and value < high):
         interval = f"{'(' if open_low else '['}0, {high:g})"
         raise ValueError(f"{name} must be a number in {interval}, got {value!r}.")
     return float(value)

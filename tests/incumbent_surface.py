@@ -89,9 +89,9 @@ def parse_default(text: str) -> object:
 
 def parse_parameter(text: str) -> Parameter:
     if text.startswith("**"):
-        return Parameter(text[2:].split(":")[0].strip(), "var_keyword")
+        return Parameter(text[2:].split(":", maxsplit=1)[0].strip(), "var_keyword")
     if text.startswith("*"):
-        return Parameter(text[1:].split(":")[0].strip(), "var_positional")
+        return Parameter(text[1:].split(":", maxsplit=1)[0].strip(), "var_positional")
     # "name", "name: annotation", "name=default" or "name: annotation = default"
     match = re.match(r"^(\w+)\s*(?::\s*(.*?))?\s*(?:=\s*(.*))?$", text, re.DOTALL)
     if match is None:

@@ -431,9 +431,8 @@ def test_context_manager_releases_the_output_and_never_swallows_an_exception():
         cam(torch.randn(1, 3, 32, 32))
         assert cam.outputs is not None
     assert cam.outputs is None
-    with pytest.raises(ValueError, match="B x C x H x W"):
-        with AttentionRollout(model) as cam:
-            cam(torch.randn(3, 32, 32))
+    with pytest.raises(ValueError, match="B x C x H x W"), AttentionRollout(model) as cam:
+        cam(torch.randn(3, 32, 32))
 
 
 # --------------------------------------------------------------------- clear errors

@@ -106,9 +106,8 @@ def test_model_state_is_unchanged_when_the_forward_raises():
 
 
 def test_context_manager_never_swallows_an_exception(gap_net, image_batch):
-    with pytest.raises(IndexError):
-        with GradCAM(gap_net, [gap_net.features]) as cam:
-            cam(image_batch, [ClassifierOutputTarget(99)] * 3)  # only 5 classes
+    with pytest.raises(IndexError), GradCAM(gap_net, [gap_net.features]) as cam:
+        cam(image_batch, [ClassifierOutputTarget(99)] * 3)  # only 5 classes
     assert cam.outputs is None
 
 
@@ -165,9 +164,8 @@ def test_works_inside_no_grad(gap_net, image_batch):
 
 
 def test_inference_mode_raises_a_clear_error(gap_net, image_batch):
-    with torch.inference_mode():
-        with pytest.raises(RuntimeError, match="inference_mode"):
-            GradCAM(gap_net, [gap_net.features])(image_batch)
+    with torch.inference_mode(), pytest.raises(RuntimeError, match="inference_mode"):
+        GradCAM(gap_net, [gap_net.features])(image_batch)
 
 
 def test_an_input_made_in_inference_mode_works(gap_net, image_batch):

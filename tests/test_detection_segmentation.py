@@ -161,7 +161,7 @@ def test_segmentation_target_is_the_masked_sum_of_the_class_scores(seg_model):
 def test_gradcam_with_segmentation_target_is_the_formula(seg_model):
     x = image_batch(2, 64, 96, seed=4)
     masks, categories = predicted_masks(seg_model, x)
-    assert all(0 < float(m.mean()) for m in masks)
+    assert all(float(m.mean()) > 0 for m in masks)
     targets = [SemanticSegmentationTarget(c, m.numpy()) for c, m in zip(categories, masks)]
     layer = seg_model.backbone["16"]
     result = GradCAM(seg_model, [layer])(x, targets=targets)
