@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -178,6 +178,7 @@ class AblationCAM(PerturbationCAM):
     def layer_weights(
         self, activations: torch.Tensor, gradients: torch.Tensor | None, context: LayerContext
     ) -> torch.Tensor:
+        """``(y - y_k) / y`` for each ablated channel ``k``, 0 for the others."""
         _check_ratio(self.ratio_channels_to_ablate)
         batch, channels = activations.shape[:2]
         chosen = self._channels_to_ablate(activations)  # B x k, on the device
@@ -230,28 +231,34 @@ class AblationCAM(PerturbationCAM):
         starts = range(0, len(image_rows), batch_size)
         # A pyramid's levels are ablated channel by channel from the host: one sync here.
         channels = channel_rows.tolist() if ablation.levels is not None else channel_rows
+        targets = context.targets
+        assert targets is not None and scores is not None  # AblationCAM uses targets
         with torch.inference_mode():
             for start in tqdm(starts, desc="AblationCAM", disable=not self.progress_bar):
                 rows = image_rows[start : start + batch_size]
                 output = run(rows, channels[start : start + batch_size])
-                chunks.append(self._target_scores(output, [context.targets[r] for r in rows]))
+                chunks.append(self._target_scores(output, [targets[r] for r in rows]))
         return scores, torch.cat(chunks)
 
-    def _ablation_runner(self, context: LayerContext, batch_size: int, ablation: _Ablation):
+    def _ablation_runner(
+        self, context: LayerContext, batch_size: int, ablation: _Ablation
+    ) -> tuple[Callable[[list[int], Any], Any], str, torch.Tensor | None]:
         """A function (rows, ablated channels) -> model output, its path name, and
         each image's unablated score computed by that path."""
         traced = self._traced
-        problem = self._trace_failure
         values = None if context.call is None else context.call.method_state.get(TAIL_VALUES)
+        problem: str | None
         if ablation.levels is not None:
             problem = "the layer outputs a feature-pyramid mapping"
-        elif traced is not None and values is None:
+        elif traced is None:
+            problem = self._trace_failure or "the model was not traced"
+        elif values is None:
             problem = "no traced values (the model takes extra_inputs / model_kwargs)"
-        elif traced is not None:
+        else:
             problem = traced.tail_problem(context.layer_index, values)
-        if problem is None:
-            problem, tail_scores = self._tail_scores(context, values)
-        if problem is None:
+        if problem is None and traced is not None and values is not None:
+            problem, tail_scores = self._tail_scores(context, traced, values)
+        if problem is None and traced is not None and values is not None:
             # The recorder's copy: the traced value may have been changed in place downstream.
             tensor = context.layer_output
             _, rebuild = split_first_tensor(traced.layer_output(context.layer_index, values))
@@ -284,12 +291,13 @@ class AblationCAM(PerturbationCAM):
         return run_full_forward, FULL_FORWARD_PATH, context.target_scores
 
     def _tail_scores(
-        self, context: LayerContext, values: TailValues
+        self, context: LayerContext, traced: TracedModel, values: TailValues
     ) -> tuple[str | None, torch.Tensor | None]:
         """Each image's score through the tail, unablated; checked once per call against the
         model's own (a problem if they differ). The check runs one row more than the batch
         (the first image twice), so that a batch size the tail reuses must be adapted."""
-        traced = self._traced
+        targets, expected_scores = context.targets, context.target_scores
+        assert targets is not None and expected_scores is not None  # AblationCAM uses targets
         batch = context.input_tensor.shape[0]
         rows = [*range(batch), 0]
         with torch.inference_mode():
@@ -299,11 +307,11 @@ class AblationCAM(PerturbationCAM):
                 output = traced.run_tail(
                     context.layer_index, rebuild(repeat_rows(tensor, rows)), rows, values
                 )
-                scores = self._target_scores(output, [context.targets[row] for row in rows])
+                scores = self._target_scores(output, [targets[row] for row in rows])
             except Exception as error:  # the tail cannot run on its own, or its output
                 # does not fit the targets
                 return f"the part after the layer fails when run on its own: {error}", None
-        expected = context.target_scores.to(scores.device)[rows]
+        expected = expected_scores.to(scores.device)[rows]
         tolerance = 1e-4 * (1.0 + float(expected.abs().max()))
         if scores.shape != expected.shape or not torch.allclose(scores, expected, atol=tolerance):
             problem = "the part after the layer, run on its own, does not reproduce the scores"
@@ -346,13 +354,13 @@ class _Ablation:
     """Ablates channels of copies of one layer's output: channel ``k`` of the (reshaped)
     activations, traced back to the raw output, set to ``value``."""
 
-    def __init__(self, context: LayerContext, channels: int, value: float):
+    def __init__(self, context: LayerContext, channels: int, value: float) -> None:
         self.value = value
         output = context.layer_output
         self.levels: list[tuple[Any, int]] | None = None
+        self.positions: torch.Tensor | None = None
         if is_tensor_mapping(output):
             self.levels = _level_channels(context, output, channels)
-            self.positions = None
         else:
             # C x P positions in one image
             self.positions = channel_positions(output, channels, context.reshape_transform)
@@ -360,6 +368,7 @@ class _Ablation:
     def __call__(self, rows: torch.Tensor, channels: torch.Tensor) -> torch.Tensor:
         """Set the positions of channel ``channels[r]`` of each row ``r`` (one image's
         output) to the value, in place (``rows`` is always a copy the caller made)."""
+        assert self.positions is not None  # a tensor layer
         rows.view(rows.shape[0], -1).scatter_(1, self.positions[channels], self.value)
         return rows
 
@@ -369,6 +378,7 @@ class _Ablation:
         ablated = copy.copy(output)
         for key, level in output.items():
             ablated[key] = level.clone()
+        assert self.levels is not None  # a mapping layer
         for row, channel in enumerate(channels):
             key, local = self.levels[channel]
             ablated[key][row, local] = self.value

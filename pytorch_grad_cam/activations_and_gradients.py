@@ -36,7 +36,7 @@ class LayerRecorder:
     the model output.
     """
 
-    def __init__(self, layers: Sequence[nn.Module], track_gradients: bool):
+    def __init__(self, layers: Sequence[nn.Module], track_gradients: bool) -> None:
         self.layers = list(layers)
         self.track_gradients = track_gradients
         self.outputs: list[Any] = [None] * len(self.layers)
@@ -55,11 +55,12 @@ class LayerRecorder:
         self.remove_hooks()
 
     def remove_hooks(self) -> None:
+        """Remove every hook (idempotent)."""
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
 
-    def _make_hook(self, index: int):
+    def _make_hook(self, index: int) -> Callable[[nn.Module, Any, Any], Any]:
         def hook(module: nn.Module, inputs: Any, output: Any) -> Any:
             if is_tensor_mapping(output):  # recorded whole
                 value, rebuild = output, lambda replacement: replacement
@@ -88,7 +89,7 @@ class LayerRecorder:
         return tensor
 
 
-def split_first_tensor(output: Any):
+def split_first_tensor(output: Any) -> tuple[Any, Any]:
     """Return (the output's tensor, a function that puts a replacement back in its place)."""
     if isinstance(output, torch.Tensor):
         return output, lambda replacement: replacement
@@ -214,10 +215,9 @@ class ActivationsAndGradients:
         """The recorder itself; leaving the block releases the hooks."""
         return self
 
-    def __exit__(self, exc_type: Any, exc_value: Any, exc_tb: Any) -> bool:
+    def __exit__(self, exc_type: Any, exc_value: Any, exc_tb: Any) -> None:
         """Release the hooks; never swallow an exception."""
-        self.release()
-        return False
+        self.release()  # returns None: an exception is never swallowed
 
 
 def _first_tensor(module: nn.Module, output: Any) -> Any:

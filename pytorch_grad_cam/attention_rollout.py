@@ -60,6 +60,7 @@ def rollout(
         residual = fused + torch.eye(fused.shape[-1], device=fused.device)
         layer = residual / residual.sum(dim=-1, keepdim=True)
         joint = layer if joint is None else layer @ joint
+    assert joint is not None  # at least one attention (checked above)
     return joint
 
 
@@ -185,9 +186,8 @@ class AttentionRollout:
     def __enter__(self) -> AttentionRollout:
         return self
 
-    def __exit__(self, *exc_info: Any) -> bool:
-        self.close()
-        return False  # never swallow the caller's exception
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()  # returns None: an exception is never swallowed
 
 
 # --------------------------------------------------------------------- capturing
@@ -224,8 +224,11 @@ def _recording(layers: Sequence[nn.Module]) -> Iterator[list[tuple[int, Any]]]:
                 handles += _hook_multihead_attention(layer, index, recorded)
             elif _is_timm_attention(layer):
                 fused_flags.append((layer, layer.fused_attn))
-                layer.fused_attn = False  # the fused kernel never materialises the probabilities
-                handles.append(layer.attn_drop.register_forward_hook(_recorder(index, recorded)))
+                # The fused kernel never materialises the probabilities.
+                layer.fused_attn = False  # type: ignore[assignment]
+                attn_drop = layer.attn_drop
+                assert isinstance(attn_drop, nn.Module)  # checked by _is_timm_attention
+                handles.append(attn_drop.register_forward_hook(_recorder(index, recorded)))
             else:
                 handles.append(layer.register_forward_hook(_recorder(index, recorded)))
         yield recorded
@@ -334,17 +337,23 @@ def _attention_configs(model: nn.Module) -> list[Any]:
     return list(found.values())
 
 
+#: The Hugging Face config attribute that selects the attention implementation.
+ATTN_IMPLEMENTATION = "_attn_implementation"
+
+
 @contextmanager
 def _eager_attention(model: nn.Module) -> Iterator[None]:
     """Hugging Face eager attention, the one that returns its probabilities (sdpa does not)."""
-    saved = [(config, config._attn_implementation) for config in _attention_configs(model)]
+    # transformers keeps the choice in a private attribute; there is no public setter that
+    # works for every version, so it is read and written by name.
+    saved = [(config, getattr(config, ATTN_IMPLEMENTATION)) for config in _attention_configs(model)]
     try:
         for config, _ in saved:
-            config._attn_implementation = "eager"
+            setattr(config, ATTN_IMPLEMENTATION, "eager")
         yield
     finally:
         for config, implementation in saved:  # parents first: they reset their sub-configs
-            config._attn_implementation = implementation
+            setattr(config, ATTN_IMPLEMENTATION, implementation)
 
 
 def _as_attention(name: str, output: Any) -> torch.Tensor:

@@ -74,10 +74,8 @@ class BaseCAM(IncumbentHooks):
     """Class activation maps for ``target_layers`` of ``model``.
 
     Args:
-        model: any ``nn.Module``. It is never modified; during a call it runs in eval
-            mode and its previous train/eval flags are restored afterwards. A
-            ``DataParallel`` / ``DistributedDataParallel`` wrapper is looked through, so
-            the whole batch is explained on the wrapped module's device.
+        model: any ``nn.Module``, never modified (eval mode during a call, flags restored);
+            a ``DataParallel`` wrapper is looked through, so the whole batch is explained.
         target_layers: list of submodules of ``model``; their maps are averaged.
         reshape_transform: maps a layer's output (and its gradient) to
             ``B x C x H x W`` or ``B x C x D x H x W``; it is passed the input's
@@ -98,15 +96,13 @@ class BaseCAM(IncumbentHooks):
             model returns a tuple, dict or ``ModelOutput`` and the default rule (a
             ``.logits`` attribute, a ``"logits"`` / ``"out"`` key, the first tensor of a
             tuple) does not fit: a key or attribute name, a tuple index, or a callable.
-        target_layer, use_cuda: deprecated spellings (``target_layers=[module]``; the
-            computation runs wherever the model's parameters are), accepted with a
-            ``DeprecationWarning``.
+        target_layer: deprecated spelling of ``target_layers=[module]`` (a warning).
+        use_cuda: deprecated and ignored, with a warning: the CAM runs on the model's device.
 
-    A method subclasses ``BaseCAM`` and replaces one of its extension points (see
-    ``docs/ARCHITECTURE.md``): :meth:`layer_weights` (most methods),
-    :meth:`weighted_activations`, :meth:`reduce_channels`, :meth:`combine_layer_maps`,
-    :meth:`run_model`, :meth:`target_gradients`, :meth:`default_targets`, or the whole
-    pass, :meth:`compute_maps`.
+    A method replaces one of the extension points (``docs/ARCHITECTURE.md``):
+    :meth:`layer_weights` (most), :meth:`weighted_activations`, :meth:`reduce_channels`,
+    :meth:`combine_layer_maps`, :meth:`run_model`, :meth:`target_gradients`,
+    :meth:`default_targets`, or the whole pass, :meth:`compute_maps`.
     """
 
     #: Whether the method needs the gradients of the target score.
@@ -386,7 +382,9 @@ class BaseCAM(IncumbentHooks):
         size = call.input_tensor.shape[2:]
         layout = self.layer_layout
         layer_maps = []
-        for index, (output, gradient) in enumerate(zip(forward.layer_outputs, forward.gradients)):
+        for index, (output, raw_gradient) in enumerate(
+            zip(forward.layer_outputs, forward.gradients)
+        ):
             transform = layout.transform(index, output, size)
             context = LayerContext(
                 model=self.model,
@@ -400,8 +398,11 @@ class BaseCAM(IncumbentHooks):
                 call=call,
             )
             activations = layout.reshape(index, output, transform, len(size), call.keep_graph)
-            if gradient is not None:
-                gradient = layout.reshape(index, gradient, transform, len(size), call.keep_graph)
+            gradient = None
+            if raw_gradient is not None:
+                gradient = layout.reshape(
+                    index, raw_gradient, transform, len(size), call.keep_graph
+                )
             layer_maps.append(self._layer_map(activations, gradient, call.eigen_smooth, context))
         return layer_maps
 
@@ -449,13 +450,15 @@ class BaseCAM(IncumbentHooks):
             self.outputs = detached_output(output)
         layer_outputs = check_reached(recorder.outputs, self.target_layers)
         gradients: list[Any] = [None] * len(layer_outputs)
-        if self.uses_gradients and self.compute_input_gradient:
-            *gradients, input_gradient = self.target_gradients(
-                scores, [*layer_outputs, input_tensor], call
-            )
-            input_tensor.grad = input_gradient.detach()
-        elif self.uses_gradients:
-            gradients = self.target_gradients(scores, layer_outputs, call)
+        if self.uses_gradients:
+            assert scores is not None  # a gradient method uses targets
+            if self.compute_input_gradient:
+                *gradients, input_gradient = self.target_gradients(
+                    scores, [*layer_outputs, input_tensor], call
+                )
+                input_tensor.grad = input_gradient.detach()
+            else:
+                gradients = self.target_gradients(scores, layer_outputs, call)
         if not call.keep_graph:
             layer_outputs = [map_tensors(torch.Tensor.detach, out) for out in layer_outputs]
         detached_scores = None if scores is None else scores.detach()
@@ -492,7 +495,6 @@ class BaseCAM(IncumbentHooks):
         """The CAM itself; leaving the block releases ``outputs`` (see :meth:`close`)."""
         return self
 
-    def __exit__(self, exc_type: Any, exc_value: Any, exc_tb: Any) -> bool:
+    def __exit__(self, exc_type: Any, exc_value: Any, exc_tb: Any) -> None:
         """Release ``outputs``; never swallow the caller's exception."""
-        self.close()
-        return False
+        self.close()  # returns None: an exception is never swallowed

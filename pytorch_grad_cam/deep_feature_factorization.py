@@ -132,9 +132,9 @@ class DeepFeatureFactorization:
             self.model, self.target_layers, self.reshape_transform, self._announced_layers
         )
         with model_in_eval_mode(self.model):
-            with LayerRecorder(self.target_layers, track_gradients=False) as recorder:
-                with torch.no_grad():
-                    self.outputs = detached_output(self.model(input_tensor))
+            recording = LayerRecorder(self.target_layers, track_gradients=False)
+            with recording as recorder, torch.no_grad():
+                self.outputs = detached_output(self.model(input_tensor))
             (layer_output,) = check_reached(recorder.outputs, self.target_layers)
             transform = layout.transform(0, layer_output, size)
             activations = layout.reshape(0, layer_output, transform, len(size))
@@ -162,10 +162,9 @@ class DeepFeatureFactorization:
         """The object itself; leaving the block releases ``outputs``."""
         return self
 
-    def __exit__(self, exc_type: Any, exc_value: Any, exc_tb: Any) -> bool:
+    def __exit__(self, exc_type: Any, exc_value: Any, exc_tb: Any) -> None:
         """Release; never swallow an exception."""
-        self.close()
-        return False
+        self.close()  # returns None: an exception is never swallowed
 
 
 def _one_layer(target_layer: Any, target_layers: Any) -> Any:

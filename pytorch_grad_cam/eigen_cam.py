@@ -27,4 +27,5 @@ class EigenCAM(CategoryNamedImage, BaseCAM):
     def weighted_activations(
         self, activations: torch.Tensor, gradients: torch.Tensor | None, context: LayerContext
     ) -> torch.Tensor:
+        """The activations themselves: no weighting."""
         return activations

@@ -24,6 +24,8 @@ class EigenGradCAM(CategoryNamedImage, BaseCAM):
     uses_principal_component = True
 
     def layer_weights(
-        self, activations: torch.Tensor, gradients: torch.Tensor, context: LayerContext
+        self, activations: torch.Tensor, gradients: torch.Tensor | None, context: LayerContext
     ) -> torch.Tensor:
+        """The gradients, element-wise: ``A * dy/dA``."""
+        assert gradients is not None  # a gradient method
         return gradients

@@ -66,6 +66,7 @@ class FEM(CategoryNamedImage, BaseCAM):
     def weighted_activations(
         self, activations: torch.Tensor, gradients: torch.Tensor | None, context: LayerContext
     ) -> torch.Tensor:
+        """``mean(A^k) * [A^k >= mean + k std]`` for each channel."""
         axes = spatial_axes(activations)
         mean = activations.mean(dim=axes, keepdim=True)
         std = activations.std(dim=axes, keepdim=True, correction=0)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -123,10 +123,12 @@ class FinerCAM:
             comparison_categories: ranks (1 = the nearest other class) of the classes to
                 compare with; ``None`` for ``[1, 2, 3]``.
             target_idx: the main class ``c``: an int, or one per image.
-            aug_smooth, scale, as_tensor: as for
-                :meth:`BaseCAM.__call__ <pytorch_grad_cam.base_cam.BaseCAM.__call__>`.
+            aug_smooth: average over test-time augmentations, as for every method.
+            scale: scale each map to [0, 1] (``False``: the raw maps).
+            as_tensor: return a tensor on the model's device instead of numpy.
             target_category: deprecated spelling of ``target_idx``.
-            extra_inputs, model_kwargs: not supported yet (a clear error).
+            extra_inputs: not supported yet (a clear error).
+            model_kwargs: not supported yet (a clear error).
         """
         if extra_inputs or model_kwargs:
             raise ValueError(
@@ -165,7 +167,8 @@ class FinerCAM:
         target_idx: int | Sequence[int] | None = None,
     ) -> np.ndarray:
         """The maps as a numpy array: ``cam(...)`` with the same arguments."""
-        return self(input_tensor, targets, eigen_smooth, alpha, comparison_categories, target_idx)
+        maps = self(input_tensor, targets, eigen_smooth, alpha, comparison_categories, target_idx)
+        return cast(np.ndarray, maps)
 
     def _finer_targets(
         self,
@@ -180,8 +183,9 @@ class FinerCAM:
             if target_idx is not None:
                 raise TypeError("Pass targets=[...] or target_idx=..., not both.")
             targets = check_targets(targets, batch)
-            if all(isinstance(target, FinerWeightedTarget) for target in targets):
-                return targets
+            given = [target for target in targets if isinstance(target, FinerWeightedTarget)]
+            if len(given) == len(targets):
+                return given
         model = self.base.model
         with model_in_eval_mode(model), torch.no_grad():
             scores = select_output(model(input_tensor), self.base.output_selector)
@@ -208,10 +212,11 @@ class FinerCAM:
         distance.scatter_(1, main_column, -1.0)  # the main class is rank 0
         order = distance.argsort(dim=1, stable=True)
         rows = torch.cat([main_column, order[:, ranks]], dim=1).tolist()  # one sync per call
-        resolved = []
+        resolved: list[FinerWeightedTarget] = []
         for index, (category, *comparison) in enumerate(rows):
-            if targets is not None and isinstance(targets[index], FinerWeightedTarget):
-                resolved.append(targets[index])
+            target = None if targets is None else targets[index]
+            if isinstance(target, FinerWeightedTarget):
+                resolved.append(target)
             else:
                 resolved.append(FinerWeightedTarget(category, comparison, alpha))
         return resolved
@@ -224,10 +229,9 @@ class FinerCAM:
         """The CAM itself; leaving the block releases ``outputs``."""
         return self
 
-    def __exit__(self, exc_type: Any, exc_value: Any, exc_tb: Any) -> bool:
+    def __exit__(self, exc_type: Any, exc_value: Any, exc_tb: Any) -> None:
         """Release; never swallow an exception."""
-        self.close()
-        return False
+        self.close()  # returns None: an exception is never swallowed
 
 
 def _main_categories(
@@ -237,8 +241,11 @@ def _main_categories(
     batch: int,
 ) -> torch.Tensor:
     """Each image's main class, a ``B`` long tensor on the scores' device."""
+    categories: list[Any]
     if target_idx is not None:
-        categories = [target_idx] * batch if is_integer(target_idx) else list(target_idx)
+        categories = (
+            [target_idx] * batch if is_integer(target_idx) else list(target_idx)  # type: ignore[arg-type]
+        )
         if len(categories) != batch or not all(is_integer(c) for c in categories):
             raise ValueError(
                 f"target_idx must be a class index, or one per image ({batch}), got {target_idx!r}."

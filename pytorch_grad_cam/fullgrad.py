@@ -149,12 +149,11 @@ class FullGrad(BaseCAM):
             targets = targets if targets is not None else self.default_targets(output)
             scores = self._target_scores(output, targets)
             tensors = [x, *recorder.outputs]
+            found: Sequence[torch.Tensor | None] = [None] * len(tensors)
             if scores.requires_grad:
-                gradients = torch.autograd.grad(scores.sum(), tensors, allow_unused=True)
-            else:
-                gradients = [None] * len(tensors)
+                found = torch.autograd.grad(scores.sum(), tensors, allow_unused=True)
         self.outputs = detached_output(output)
-        gradients = [torch.zeros_like(t) if g is None else g for t, g in zip(tensors, gradients)]
+        gradients = [torch.zeros_like(t) if g is None else g for t, g in zip(tensors, found)]
         bias_terms = [
             gradient * _along(bias, axis, gradient.ndim)
             for gradient, bias, axis in zip(gradients[1:], recorder.biases, recorder.axes)
@@ -238,7 +237,7 @@ class _BiasRecorder:
     (effective) bias and the bias's axis. Downstream layers get a copy of the output, so
     that in-place operations there cannot change the recorded tensor."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module) -> None:
         self.model = model
         self.outputs: list[torch.Tensor] = []
         self.biases: list[torch.Tensor] = []
@@ -278,17 +277,29 @@ class _BiasRecorder:
         return output.clone()
 
 
+#: The layers whose bias FullGrad reads (their lazy variants are subclasses).
+CONVOLUTIONS = (
+    nn.Conv1d,
+    nn.Conv2d,
+    nn.Conv3d,
+    nn.ConvTranspose1d,
+    nn.ConvTranspose2d,
+    nn.ConvTranspose3d,
+)
+BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+
+
 def _bias_of(module: nn.Module) -> tuple[torch.Tensor, int] | None:
     """The bias a layer adds to its output and the output axis it lies along, or ``None``.
 
     Batch norm (eval mode, running statistics) computes ``gamma (x - mu) / sqrt(var + eps)
     + beta``: its effective bias is ``beta - gamma mu / sqrt(var + eps)``.
     """
-    if isinstance(module, nn.modules.conv._ConvNd):
+    if isinstance(module, CONVOLUTIONS):
         return None if module.bias is None else (module.bias, 1)
     if isinstance(module, nn.Linear):
         return None if module.bias is None else (module.bias, -1)
-    if isinstance(module, nn.modules.batchnorm._BatchNorm):
+    if isinstance(module, BATCH_NORMS):
         if module.training or module.running_mean is None or module.running_var is None:
             return None  # normalised with the batch's statistics: no fixed bias
         scale = torch.rsqrt(module.running_var + module.eps)

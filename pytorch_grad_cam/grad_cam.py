@@ -19,6 +19,8 @@ class GradCAM(CategoryNamedWeights, BaseCAM):
     supports_create_graph = True
 
     def layer_weights(
-        self, activations: torch.Tensor, gradients: torch.Tensor, context: LayerContext
+        self, activations: torch.Tensor, gradients: torch.Tensor | None, context: LayerContext
     ) -> torch.Tensor:
+        """The gradients averaged over the positions: ``mean_ij dy/dA^k_ij``."""
+        assert gradients is not None  # a gradient method
         return gradients.mean(dim=spatial_axes(gradients), keepdim=True)

@@ -22,11 +22,15 @@ class GradCAMElementWise(CategoryNamedImage, BaseCAM):
     supports_create_graph = True
 
     def layer_weights(
-        self, activations: torch.Tensor, gradients: torch.Tensor, context: LayerContext
+        self, activations: torch.Tensor, gradients: torch.Tensor | None, context: LayerContext
     ) -> torch.Tensor:
+        """The gradients, element-wise."""
+        assert gradients is not None  # a gradient method
         return gradients
 
     def weighted_activations(
-        self, activations: torch.Tensor, gradients: torch.Tensor, context: LayerContext
+        self, activations: torch.Tensor, gradients: torch.Tensor | None, context: LayerContext
     ) -> torch.Tensor:
+        """``ReLU(dy/dA * A)``: each product rectified before the channel sum."""
+        assert gradients is not None  # a gradient method
         return torch.relu(gradients * activations)

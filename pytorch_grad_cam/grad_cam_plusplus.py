@@ -38,8 +38,10 @@ class GradCAMPlusPlus(BaseCAM):
         )
 
     def layer_weights(
-        self, activations: torch.Tensor, gradients: torch.Tensor, context: LayerContext
+        self, activations: torch.Tensor, gradients: torch.Tensor | None, context: LayerContext
     ) -> torch.Tensor:
+        """``sum_ij alpha_ij ReLU(g_ij)`` with the paper's closed-form ``alpha``."""
+        assert gradients is not None  # a gradient method
         axes = spatial_axes(gradients)
         squared = gradients.pow(2)
         activation_sum = activations.sum(dim=axes, keepdim=True)

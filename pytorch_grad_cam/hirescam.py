@@ -22,6 +22,8 @@ class HiResCAM(CategoryNamedImage, BaseCAM):
     supports_create_graph = True
 
     def layer_weights(
-        self, activations: torch.Tensor, gradients: torch.Tensor, context: LayerContext
+        self, activations: torch.Tensor, gradients: torch.Tensor | None, context: LayerContext
     ) -> torch.Tensor:
+        """The gradients, element-wise: ``dy/dA``."""
+        assert gradients is not None  # a gradient method
         return gradients

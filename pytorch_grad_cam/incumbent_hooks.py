@@ -23,7 +23,7 @@ hooks receive tensors that keep their graph instead of numpy arrays.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
@@ -35,9 +35,6 @@ from pytorch_grad_cam.utils.maps import resize_maps, scale_to_unit_range, spatia
 from pytorch_grad_cam.utils.model_state import model_in_eval_mode
 from pytorch_grad_cam.utils.svd_on_activations import get_2d_projection
 from pytorch_grad_cam.utils.validation import check_cam_input, check_targets
-
-if TYPE_CHECKING:
-    from pytorch_grad_cam.base_cam import BaseCAM
 
 #: The hooks a subclass may override, the incumbent's way.
 HOOKS = frozenset(
@@ -73,27 +70,60 @@ def _in_package(klass: type) -> bool:
 class IncumbentHooks:
     """grad-cam 1.5.7's pipeline steps and numpy hooks, as methods of every CAM."""
 
+    if TYPE_CHECKING:  # what the mixin uses of BaseCAM
+        model: nn.Module
+        target_layers: list[nn.Module]
+        detach: bool
+        _incumbent_overrides: frozenset[str]
+
+        @property
+        def device(self) -> torch.device | None: ...  # noqa: D102 (BaseCAM's)
+
+        def _explain(
+            self,
+            input_tensor: torch.Tensor,
+            targets: Sequence[Any] | None,
+            aug_smooth: bool,
+            eigen_smooth: bool,
+        ) -> np.ndarray | torch.Tensor: ...
+
+        def _layer_maps(self, call: CamCall) -> list[torch.Tensor]: ...
+
+        def _map_size(self, input_tensor: torch.Tensor) -> tuple[int, ...]: ...
+
+        def layer_weights(  # noqa: D102 (BaseCAM's)
+            self, activations: torch.Tensor, gradients: torch.Tensor | None, context: LayerContext
+        ) -> torch.Tensor: ...
+
+        def weighted_activations(  # noqa: D102 (BaseCAM's)
+            self, activations: torch.Tensor, gradients: torch.Tensor | None, context: LayerContext
+        ) -> torch.Tensor: ...
+
+        def reduce_channels(  # noqa: D102 (BaseCAM's)
+            self, weighted: torch.Tensor, eigen_smooth: bool, context: LayerContext
+        ) -> torch.Tensor: ...
+
     # ----------------------------------------------------------------- entry points
     def forward(
-        self: BaseCAM,
+        self,
         input_tensor: torch.Tensor,
         targets: Sequence[Any] | None,
         eigen_smooth: bool = False,
     ) -> np.ndarray:
         """The maps of ``input_tensor`` (``cam(input_tensor, targets, eigen_smooth=...)``)."""
-        return self._explain(input_tensor, targets, False, eigen_smooth)
+        return cast(np.ndarray, self._explain(input_tensor, targets, False, eigen_smooth))
 
     def forward_augmentation_smoothing(
-        self: BaseCAM,
+        self,
         input_tensor: torch.Tensor,
         targets: Sequence[Any] | None,
         eigen_smooth: bool = False,
     ) -> np.ndarray:
         """The maps averaged over ``tta_transforms`` (``cam(..., aug_smooth=True)``)."""
-        return self._explain(input_tensor, targets, True, eigen_smooth)
+        return cast(np.ndarray, self._explain(input_tensor, targets, True, eigen_smooth))
 
     def compute_cam_per_layer(
-        self: BaseCAM,
+        self,
         input_tensor: torch.Tensor,
         targets: Sequence[Any] | None,
         eigen_smooth: bool,
@@ -112,20 +142,20 @@ class IncumbentHooks:
             for m in layer_maps
         ]
 
-    def aggregate_multi_layers(self: BaseCAM, cam_per_target_layer: Sequence[Any]) -> np.ndarray:
+    def aggregate_multi_layers(self, cam_per_target_layer: Sequence[Any]) -> np.ndarray:
         """Layers' maps (each ``B x 1 x *spatial``) as one: rectified, averaged over the
         layers and scaled to [0, 1] per image."""
         stacked = np.concatenate([np.asarray(m, dtype=np.float32) for m in cam_per_target_layer], 1)
         return scale_cam_image(np.maximum(stacked, 0).mean(axis=1))
 
-    def get_target_width_height(self: BaseCAM, input_tensor: torch.Tensor) -> tuple[int, ...]:
+    def get_target_width_height(self, input_tensor: torch.Tensor) -> tuple[int, ...]:
         """The maps' size in OpenCV's order: ``(width, height)``, ``(width, height, depth)``
         for volumes, ``(length,)`` for signals."""
         return tuple(int(s) for s in reversed(input_tensor.shape[2:]))
 
     # ----------------------------------------------------------------- numpy hooks
     def get_cam_weights(
-        self: BaseCAM,
+        self,
         input_tensor: torch.Tensor,
         target_layers: nn.Module,
         targets: Sequence[Any] | None,
@@ -144,7 +174,7 @@ class IncumbentHooks:
         return weights.detach().float().cpu().numpy()
 
     def get_cam_image(
-        self: BaseCAM,
+        self,
         input_tensor: torch.Tensor,
         target_layer: nn.Module,
         targets: Sequence[Any] | None,
@@ -162,7 +192,7 @@ class IncumbentHooks:
 
     # ----------------------------------------------------------------- running overrides
     def _incumbent_entry(
-        self: BaseCAM,
+        self,
         input_tensor: torch.Tensor,
         targets: Sequence[Any] | None,
         aug_smooth: bool,
@@ -178,7 +208,7 @@ class IncumbentHooks:
         return None
 
     def _incumbent_aggregate(
-        self: BaseCAM, layer_maps: list[torch.Tensor], size: Sequence[int]
+        self, layer_maps: list[torch.Tensor], size: Sequence[int]
     ) -> torch.Tensor:
         """The layers' maps combined by a subclass's own ``aggregate_multi_layers`` (each
         scaled and resized first, as the incumbent hands them)."""
@@ -190,7 +220,7 @@ class IncumbentHooks:
         return torch.as_tensor(np.asarray(combined, dtype=np.float32), device=device)
 
     def _incumbent_layer_map(
-        self: BaseCAM,
+        self,
         activations: torch.Tensor,
         gradients: torch.Tensor | None,
         eigen_smooth: bool,
@@ -238,7 +268,7 @@ def _weighted_sum(weights: Any, activations: Any, eigen_smooth: bool) -> Any:
     return weighted.sum(1)
 
 
-def _tensors(cam: BaseCAM, activations: Any, grads: Any) -> tuple[torch.Tensor, Any]:
+def _tensors(cam: IncumbentHooks, activations: Any, grads: Any) -> tuple[torch.Tensor, Any]:
     """Numpy (or tensor) activations and gradients as float32 tensors on the model's device."""
 
     def as_tensor(value: Any) -> torch.Tensor:
@@ -250,7 +280,7 @@ def _tensors(cam: BaseCAM, activations: Any, grads: Any) -> tuple[torch.Tensor, 
 
 
 def _context(
-    cam: BaseCAM,
+    cam: IncumbentHooks,
     input_tensor: torch.Tensor,
     layer: Any,
     targets: Sequence[Any] | None,
@@ -283,7 +313,7 @@ class CategoryNamedWeights(IncumbentHooks):
     RandomCAM and ShapleyCAM (``target_layer``, ``target_category``)."""
 
     def get_cam_weights(
-        self: BaseCAM,
+        self,
         input_tensor: torch.Tensor,
         target_layer: nn.Module,
         target_category: Sequence[Any] | None,
@@ -301,7 +331,7 @@ class CategoryNamedImage(IncumbentHooks):
     it there (``target_layer``, ``target_category``, ``eigen_smooth`` without default)."""
 
     def get_cam_image(
-        self: BaseCAM,
+        self,
         input_tensor: torch.Tensor,
         target_layer: nn.Module,
         target_category: Sequence[Any] | None,

@@ -62,7 +62,7 @@ class ScaledMaskedInputs(MaskedInputs):
     """``image * ((i / N) * mask)`` for row ``r`` = (step ``i = r // distinct + 1``, mask
     ``r % distinct``), ``N = n_samples``."""
 
-    def __init__(self, n_samples: int):
+    def __init__(self, n_samples: int) -> None:
         self.variants = n_samples
 
     def fill(

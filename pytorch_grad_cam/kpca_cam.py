@@ -62,6 +62,11 @@ class KPCA_CAM(CategoryNamedImage, BaseCAM):  # the incumbent's class name
     The other arguments are those of :class:`~pytorch_grad_cam.base_cam.BaseCAM`.
     """
 
+    kernel: str
+    gamma: float | None
+    coef0: float
+    degree: int
+
     uses_gradients = False
     uses_targets = False
     uses_principal_component = True
@@ -104,6 +109,7 @@ class KPCA_CAM(CategoryNamedImage, BaseCAM):  # the incumbent's class name
     def weighted_activations(
         self, activations: torch.Tensor, gradients: torch.Tensor | None, context: LayerContext
     ) -> torch.Tensor:
+        """The activations themselves: kernel PCA reduces them."""
         return activations
 
     def reduce_channels(

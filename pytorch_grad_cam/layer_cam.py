@@ -21,6 +21,8 @@ class LayerCAM(CategoryNamedImage, BaseCAM):
     supports_create_graph = True
 
     def layer_weights(
-        self, activations: torch.Tensor, gradients: torch.Tensor, context: LayerContext
+        self, activations: torch.Tensor, gradients: torch.Tensor | None, context: LayerContext
     ) -> torch.Tensor:
+        """The positive gradients, element-wise: ``ReLU(dy/dA)``."""
+        assert gradients is not None  # a gradient method
         return torch.relu(gradients)

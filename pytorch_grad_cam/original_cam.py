@@ -67,8 +67,10 @@ class CAM(BaseCAM):
     def layer_weights(
         self, activations: torch.Tensor, gradients: torch.Tensor | None, context: LayerContext
     ) -> torch.Tensor:
+        """The classifier's weights of each image's class: ``W_ck``."""
         fc = self.fc_layer or _find_classifier(self.model, activations.shape[1])
         _check_classifier(fc, activations.shape[1])
+        assert context.targets is not None  # CAM uses targets
         categories = torch.stack(
             [_category(target, index) for index, target in enumerate(context.targets)]
         ).to(fc.weight.device)

@@ -78,6 +78,7 @@ class RandomCAM(CategoryNamedWeights, BaseCAM):
         gradients: torch.Tensor | None,
         context: LayerContext,
     ) -> torch.Tensor:
+        """Uniform random weights in [-1, 1] (negated where the map would be empty)."""
         images, channels = activations.shape[:2]
         device = self.generator.device if self.generator is not None else None
         uniform = torch.rand((images, channels), generator=self.generator, device=device)

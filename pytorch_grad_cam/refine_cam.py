@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -65,7 +65,9 @@ class RefineCAM:
                 f"base_method must be a CAM class (a BaseCAM subclass such as GradCAM), got "
                 f"{base_method!r}; pass the class itself, not an instance."
             )
-        self.base = refining(base_method)(model, target_layers, reshape_transform, **kwargs)
+        self.base = refining(base_method)(  # type: ignore[arg-type]
+            model, target_layers, reshape_transform, **kwargs
+        )
 
     @property
     def model(self) -> nn.Module:
@@ -100,7 +102,7 @@ class RefineCAM:
         eigen_smooth: bool = False,
     ) -> np.ndarray:
         """The maps as a numpy array: ``cam(input_tensor, targets, eigen_smooth)``."""
-        return self(input_tensor, targets, eigen_smooth)
+        return cast(np.ndarray, self(input_tensor, targets, eigen_smooth))
 
     def close(self) -> None:
         """Release the base method's last output."""
@@ -110,10 +112,9 @@ class RefineCAM:
         """The CAM itself; leaving the block releases ``outputs``."""
         return self
 
-    def __exit__(self, exc_type: Any, exc_value: Any, exc_tb: Any) -> bool:
+    def __exit__(self, exc_type: Any, exc_value: Any, exc_tb: Any) -> None:
         """Release; never swallow an exception."""
-        self.close()
-        return False
+        self.close()  # returns None: an exception is never swallowed
 
 
 @functools.cache

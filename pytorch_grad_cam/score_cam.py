@@ -82,16 +82,16 @@ class ScoreCAM(PerturbationCAM):
                 device=input_tensor.device,
             )
             bar = self._progress(distinct, rows, masking.variants, context.layer_index)
-            scores = []
+            per_image = []
             for image, (maps, inverse) in enumerate(distinct):
                 masking.start_image(image, input_tensor[image])
                 distinct_scores = self._masked_scores(
                     maps, image, input_tensor[image], targets[image], buffer, bar, masking, context
                 )
-                scores.append(distinct_scores[inverse])
+                per_image.append(distinct_scores[inverse])
             if bar is not None:
                 bar.close()
-            scores = torch.stack(scores)
+            scores = torch.stack(per_image)
         # Outside inference mode: the weights are an ordinary tensor.
         weights = torch.softmax(scores, dim=1).to(activations.device)
         return weights.view(images, channels, *[1] * (activations.ndim - 2))
@@ -121,7 +121,7 @@ class ScoreCAM(PerturbationCAM):
         distinct = maps.shape[0]
         variants = masking.variants
         size = image.shape[1:]
-        sums = None
+        sums = torch.zeros(distinct, device=image.device)
         for start in range(0, variants * distinct, buffer.shape[0]):
             rows = range(start, min(start + buffer.shape[0], variants * distinct))
             index = torch.arange(rows.start, rows.stop, device=maps.device) % distinct
@@ -129,7 +129,7 @@ class ScoreCAM(PerturbationCAM):
             masked = masking.fill(buffer[: len(rows)], masks, image, rows, distinct)
             output = context.run_model(masked, [image_index] * len(rows))
             scores = self._target_scores(output, [target] * len(rows))
-            sums = scores.new_zeros(distinct) if sums is None else sums
+            sums = sums.to(scores.device)
             sums.index_add_(0, index.to(scores.device), scores)
             if bar is not None:
                 bar.update(1)

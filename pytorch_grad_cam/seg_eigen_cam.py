@@ -38,6 +38,8 @@ class SegEigenCAM(CategoryNamedImage, BaseCAM):
     uses_principal_component = True
 
     def layer_weights(
-        self, activations: torch.Tensor, gradients: torch.Tensor, context: LayerContext
+        self, activations: torch.Tensor, gradients: torch.Tensor | None, context: LayerContext
     ) -> torch.Tensor:
+        """The gradients' magnitude, element-wise: ``|dy/dA|``."""
+        assert gradients is not None  # a gradient method
         return gradients.abs()

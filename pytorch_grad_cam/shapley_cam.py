@@ -44,10 +44,11 @@ class ShapleyCAM(CategoryNamedWeights, BaseCAM):
     """
 
     def layer_weights(
-        self, activations: torch.Tensor, gradients: torch.Tensor, context: LayerContext
+        self, activations: torch.Tensor, gradients: torch.Tensor | None, context: LayerContext
     ) -> torch.Tensor:
         """``mean_ij (g - 1/2 H A)``: ``gradients`` is ``g - 1/2 H A`` here (see
         :meth:`target_gradients`)."""
+        assert gradients is not None  # a gradient method
         return gradients.mean(dim=spatial_axes(gradients), keepdim=True)
 
     def run_model(self, call: CamCall) -> Any:
@@ -58,7 +59,8 @@ class ShapleyCAM(CategoryNamedWeights, BaseCAM):
 
     def default_targets(self, output: Any) -> list[Target]:
         """Each image's top class as its ReST score (the paper's default target)."""
-        return [ClassifierOutputReST(target.category) for target in super().default_targets(output)]
+        top = super().default_targets(output)
+        return [ClassifierOutputReST(target.category) for target in top]  # type: ignore[attr-defined]
 
     def target_gradients(
         self, scores: torch.Tensor, layer_outputs: list[Any], call: CamCall

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numbers
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, Union
+from typing import TYPE_CHECKING, Any, Callable, Union
 
 import torch
 from torch import nn
@@ -156,9 +156,10 @@ class SmoothGradCAMpp(GradCAMPlusPlus):
         self, batch: torch.Tensor, targets: list[Target]
     ) -> list[torch.Tensor]:
         """d(sum of the rows' scores)/d(each target layer's output) for a batch of inputs."""
-        with LayerRecorder(self.target_layers, track_gradients=True) as recorder:
-            with torch.no_grad():  # the recorder turns autograd on at the first target layer
-                scores = self._target_scores(self.model(batch), targets)
+        # No autograd until the recorder turns it on at the first target layer.
+        recording = LayerRecorder(self.target_layers, track_gradients=True)
+        with recording as recorder, torch.no_grad():
+            scores = self._target_scores(self.model(batch), targets)
         return layer_gradients(scores, check_reached(recorder.outputs, self.target_layers))
 
 
@@ -206,16 +207,18 @@ def value_range(images: torch.Tensor) -> torch.Tensor:
     return high - low
 
 
-def noise_drawer(source: NoiseSource, like: torch.Tensor):
+def noise_drawer(source: NoiseSource, like: torch.Tensor) -> Callable[..., torch.Tensor]:
     """A function ``draw(out=tensor) -> out`` filling ``out`` with standard normal noise.
 
     Each call is one draw of ``out``'s shape from the generator, so a sequence of draws
     does not depend on how they are grouped. An int seed starts a new generator on
     ``like``'s device; a generator on another device draws there and the noise is copied.
     """
-    generator = source
-    if isinstance(source, int):
-        generator = torch.Generator(device=like.device).manual_seed(source)
+    generator = (
+        torch.Generator(device=like.device).manual_seed(source)
+        if isinstance(source, int)
+        else source
+    )
 
     def draw(out: torch.Tensor) -> torch.Tensor:
         if generator is None or generator.device == out.device:

@@ -82,7 +82,9 @@ class SSCAM(ScoreCAM):
 class NoisyMaskedInputs(MaskedInputs):
     """``image * mask + eps_s`` for row ``r`` = (sample ``s = r // N``, mask ``r % N``)."""
 
-    def __init__(self, draw: Callable[..., torch.Tensor], n_samples: int, stdev_spread: float):
+    def __init__(
+        self, draw: Callable[..., torch.Tensor], n_samples: int, stdev_spread: float
+    ) -> None:
         self.draw = draw
         self.variants = n_samples
         self.stdev_spread = stdev_spread
@@ -115,7 +117,7 @@ class NoisyMaskedInputs(MaskedInputs):
 class _NoiseStream:
     """The noise images of one image, drawn in order; only the latest one is kept."""
 
-    def __init__(self, draw: Callable[..., torch.Tensor], image: torch.Tensor, sigma: Any):
+    def __init__(self, draw: Callable[..., torch.Tensor], image: torch.Tensor, sigma: Any) -> None:
         self.draw, self.image, self.sigma = draw, image, sigma
         self.index = -1
         self.current: torch.Tensor | None = None

@@ -20,8 +20,10 @@ class XGradCAM(CategoryNamedWeights, BaseCAM):
     supports_create_graph = True
 
     def layer_weights(
-        self, activations: torch.Tensor, gradients: torch.Tensor, context: LayerContext
+        self, activations: torch.Tensor, gradients: torch.Tensor | None, context: LayerContext
     ) -> torch.Tensor:
+        """The gradients averaged with the normalised activations as weights."""
+        assert gradients is not None  # a gradient method
         axes = spatial_axes(activations)
         activation_sum = activations.sum(dim=axes, keepdim=True)
         weighted_gradients = (activations * gradients).sum(dim=axes, keepdim=True)

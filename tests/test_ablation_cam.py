@@ -8,7 +8,7 @@ import torch
 import torchvision
 import ttach
 from conftest import TinyViT
-from test_base_cam_state import assert_same_state, snapshot
+from helpers import assert_same_state, snapshot
 from torch import nn
 
 from pytorch_grad_cam import AblationCAM

@@ -12,7 +12,7 @@ import timm
 import torch
 import torch.nn.functional as F
 from conftest import GapLinearNet
-from test_base_cam_state import HOOK_DICTS
+from helpers import HOOK_DICTS
 from torch import nn
 from torchvision.models.vision_transformer import VisionTransformer
 from transformers import ViTConfig, ViTForImageClassification

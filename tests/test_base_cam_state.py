@@ -10,6 +10,7 @@ import pytest
 import torch
 import torchvision
 from conftest import GapLinearNet
+from helpers import assert_same_state, resnet_in_training_mode, snapshot
 from torch import nn
 
 from pytorch_grad_cam import (
@@ -22,52 +23,6 @@ from pytorch_grad_cam import (
     ScoreCAM,
 )
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
-
-HOOK_DICTS = (
-    "_forward_hooks",
-    "_forward_pre_hooks",
-    "_backward_hooks",
-    "_backward_pre_hooks",
-    "_forward_hooks_with_kwargs",
-    "_forward_pre_hooks_with_kwargs",
-)
-
-
-def snapshot(model: nn.Module) -> dict:
-    return {
-        "training": [m.training for m in model.modules()],
-        "modules": [id(m) for m in model.modules()],
-        "requires_grad": [p.requires_grad for p in model.parameters()],
-        "grads": [None if p.grad is None else p.grad.clone() for p in model.parameters()],
-        "state": {k: v.clone() for k, v in model.state_dict().items()},
-        "hooks": sum(len(getattr(m, d, {})) for m in model.modules() for d in HOOK_DICTS),
-        "inplace": [getattr(m, "inplace", None) for m in model.modules()],
-    }
-
-
-def assert_same_state(before: dict, after: dict) -> None:
-    assert after["training"] == before["training"]
-    assert after["modules"] == before["modules"]
-    assert after["requires_grad"] == before["requires_grad"]
-    assert after["hooks"] == before["hooks"] == 0
-    assert after["inplace"] == before["inplace"]
-    for grad_before, grad_after in zip(before["grads"], after["grads"]):
-        if grad_before is None:
-            assert grad_after is None
-        else:
-            assert torch.equal(grad_before, grad_after)
-    for key, value in before["state"].items():
-        assert torch.equal(value, after["state"][key]), key
-
-
-def resnet_in_training_mode() -> nn.Module:
-    torch.manual_seed(0)
-    model = torchvision.models.resnet18(weights=None, num_classes=10)
-    model.fc = nn.Sequential(nn.Dropout(0.5), model.fc)
-    model.train()
-    model.layer1.eval()  # mixed flags must come back as they were
-    model.conv1.weight.grad = torch.full_like(model.conv1.weight, 0.25)
-    return model
 
 
 @pytest.mark.parametrize("method", [GradCAM, GradCAMPlusPlus, EigenCAM])

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import GapLinearNet
-from test_base_cam_state import assert_same_state, snapshot
+from helpers import assert_same_state, snapshot
 
 from pytorch_grad_cam import (
     EigenGradCAM,

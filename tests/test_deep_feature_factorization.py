@@ -9,9 +9,15 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from test_base_cam_state import assert_same_state, snapshot
-from test_fullgrad import net_in_training_mode
-from test_score_cam import SmallConvNet, layer_outputs, min_max, seeded
+from helpers import (
+    SmallConvNet,
+    assert_same_state,
+    layer_outputs,
+    min_max,
+    net_in_training_mode,
+    seeded,
+    snapshot,
+)
 from torch import nn
 
 from pytorch_grad_cam.deep_feature_factorization import (

@@ -11,7 +11,13 @@ import torch
 import torch.nn.functional as F
 import torchvision
 from conftest import TinyViT
-from test_base_cam_state import assert_same_state, snapshot
+from helpers import (
+    PiecewiseLinearNet,
+    assert_same_state,
+    net_in_training_mode,
+    seeded_net,
+    snapshot,
+)
 from torch import nn
 
 from pytorch_grad_cam.fullgrad import FullGrad
@@ -30,36 +36,6 @@ def randomise_batch_norm(model: nn.Module) -> nn.Module:
                 module.weight.copy_(torch.rand(c, generator=generator) + 0.5)
                 module.bias.copy_(torch.rand(c, generator=generator) - 0.5)
     return model
-
-
-class PiecewiseLinearNet(nn.Module):
-    """Convolutions with biases, eval-mode batch norm, ReLU, max pooling, linear layers."""
-
-    def __init__(self):
-        super().__init__()
-        self.conv1 = nn.Conv2d(3, 6, 3, padding=1)
-        self.bn1 = nn.BatchNorm2d(6)
-        self.conv2 = nn.Conv2d(6, 8, 3, stride=2, padding=1)
-        self.bn2 = nn.BatchNorm2d(8, affine=False)
-        self.fc1 = nn.Linear(8, 10)
-        self.fc2 = nn.Linear(10, 4)
-
-    def forward(self, x):
-        z = F.max_pool2d(torch.relu(self.bn1(self.conv1(x))), 2)
-        z = torch.relu(self.bn2(self.conv2(z)))
-        return self.fc2(torch.relu(self.fc1(z.mean(dim=(2, 3)))))
-
-
-def seeded_net() -> PiecewiseLinearNet:
-    torch.manual_seed(0)
-    model = PiecewiseLinearNet()
-    with torch.no_grad():
-        model.bn2.running_mean.uniform_(-0.5, 0.5)
-        model.bn2.running_var.uniform_(0.5, 1.5)
-        model.bn1.running_mean.uniform_(-0.5, 0.5)
-        model.bn1.weight.uniform_(0.5, 1.5)
-        model.bn1.bias.uniform_(-0.5, 0.5)
-    return model.eval()
 
 
 TARGETS = [ClassifierOutputTarget(2), ClassifierOutputTarget(0)]
@@ -193,11 +169,6 @@ def test_targets_none_explains_the_top_class_and_target_layers_are_ignored():
 
 
 # --------------------------------------------------------------------- state, tokens
-def net_in_training_mode() -> PiecewiseLinearNet:
-    model = seeded_net().train()
-    model.bn2.eval()  # mixed flags must come back as they were
-    model.conv1.weight.grad = torch.full_like(model.conv1.weight, 0.25)
-    return model
 
 
 def test_model_state_is_unchanged():

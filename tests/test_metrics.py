@@ -12,8 +12,16 @@ import scipy.sparse.linalg
 import torch
 import torchvision.transforms.functional as TF
 from conftest import GapLinearNet
-from test_base_cam_state import assert_same_state, snapshot
-from test_score_cam import CountScalarReads, PeakTensorBytes, RowCounter
+from helpers import (
+    CountScalarReads,
+    LinearNet,
+    PeakTensorBytes,
+    RegionMean,
+    RowCounter,
+    assert_same_state,
+    snapshot,
+    softmax_scores,
+)
 from torch import nn
 
 from pytorch_grad_cam.metrics import (
@@ -36,35 +44,7 @@ from pytorch_grad_cam.utils.model_targets import (
     ClassifierOutputTarget,
 )
 
-
 # --------------------------------------------------------------------- hand models
-class LinearNet(nn.Module):
-    """``logits = W vec(x) + b``: every score is computable in the test."""
-
-    def __init__(self, shape=(3, 8, 8), classes: int = 4, seed: int = 0):
-        super().__init__()
-        generator = torch.Generator().manual_seed(seed)
-        features = int(np.prod(shape))
-        self.fc = nn.Linear(features, classes)
-        with torch.no_grad():
-            self.fc.weight.copy_(torch.randn(classes, features, generator=generator) * 0.3)
-            self.fc.bias.copy_(torch.randn(classes, generator=generator))
-
-    def forward(self, x):
-        return self.fc(x.flatten(1))
-
-
-class RegionMean(nn.Module):
-    """Score 0: the mean of the input over ``region`` (all channels); score 1: zero."""
-
-    def __init__(self, region: torch.Tensor):
-        super().__init__()
-        self.register_buffer("region", region.float())
-        self.dummy = nn.Parameter(torch.zeros(()))  # so that the model has a device
-
-    def forward(self, x):
-        mean = (x * self.region).sum(dim=(1, 2, 3)) / (self.region.sum() * x.shape[1])
-        return torch.stack([mean, torch.zeros_like(mean)], dim=1) + 0 * self.dummy
 
 
 def model_in_training_mode() -> nn.Module:
@@ -83,12 +63,6 @@ def model_in_training_mode() -> nn.Module:
     model[4].eval()
     model[0].weight.grad = torch.full_like(model[0].weight, 0.25)
     return model
-
-
-def softmax_scores(model, x, categories) -> np.ndarray:
-    with torch.no_grad():
-        probabilities = torch.softmax(model(x), dim=1)
-    return probabilities[torch.arange(len(categories)), list(categories)].numpy()
 
 
 CATEGORIES = (0, 2, 2)  # the probability drops for two images, rises for the third

@@ -10,7 +10,7 @@ import functools
 import numpy as np
 import pytest
 import torch
-from test_metrics import LinearNet, softmax_scores
+from helpers import LinearNet, softmax_scores
 
 from pytorch_grad_cam.metrics import (
     AveragerAcrossThresholds,

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import GapLinearNet
-from test_metrics import RegionMean
+from helpers import RegionMean
 
 from pytorch_grad_cam import GradCAM
 from pytorch_grad_cam.metrics import ROADCombined

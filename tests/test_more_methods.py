@@ -11,8 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import GapLinearNet, TinyViT
-from helpers import rescaled_mean
-from test_base_cam_state import assert_same_state, snapshot
+from helpers import assert_same_state, rescaled_mean, snapshot
 from torch import nn
 
 from pytorch_grad_cam.eigen_cam import EigenCAM

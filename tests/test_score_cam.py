@@ -4,18 +4,32 @@ model state, batch size, progress bar and host syncs."""
 from __future__ import annotations
 
 import functools
-import weakref
 
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 import torchvision
 from conftest import TinyViT
-from test_base_cam_state import assert_same_state, resnet_in_training_mode, snapshot
+from helpers import (
+    TARGETS3,
+    CountScalarReads,
+    DuplicatedChannelsNet,
+    PeakTensorBytes,
+    RowCounter,
+    SmallConvNet,
+    WideNet,
+    assert_same_state,
+    close,
+    layer_outputs,
+    min_max,
+    resnet_in_training_mode,
+    seeded,
+    sharp,
+    snapshot,
+    upsample,
+    upsample_masks,
+)
 from torch import nn
-from torch.utils import _pytree as pytree
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from pytorch_grad_cam.score_cam import ScoreCAM
 from pytorch_grad_cam.utils.augmentation import default_tta_transforms
@@ -25,45 +39,7 @@ from pytorch_grad_cam.utils.model_targets import (
 )
 from pytorch_grad_cam.utils.reshape_transforms import vit_reshape_transform
 
-
 # --------------------------------------------------------------------- the reference
-def layer_outputs(model: nn.Module, layers: list[nn.Module], x: torch.Tensor) -> list:
-    recorded = [None] * len(layers)
-    handles = [
-        layer.register_forward_hook(
-            lambda module, inputs, output, i=i: recorded.__setitem__(i, output.detach())
-        )
-        for i, layer in enumerate(layers)
-    ]
-    try:
-        with torch.no_grad():
-            model(x)
-    finally:
-        for handle in handles:
-            handle.remove()
-    return recorded
-
-
-def upsample(maps: torch.Tensor, size) -> torch.Tensor:
-    """``N x *spatial`` -> ``N x *size``, bilinear / trilinear, align_corners=False."""
-    mode = {2: "bilinear", 3: "trilinear"}[len(size)]
-    return F.interpolate(maps.unsqueeze(1), size=tuple(size), mode=mode, align_corners=False)[:, 0]
-
-
-def upsample_masks(maps: torch.Tensor, size) -> torch.Tensor:
-    """ScoreCAM's masks: bilinear / trilinear with align_corners=True (grad-cam 1.5.7's)."""
-    mode = {2: "bilinear", 3: "trilinear"}[len(size)]
-    return F.interpolate(maps.unsqueeze(1), size=tuple(size), mode=mode, align_corners=True)[:, 0]
-
-
-def min_max(maps: torch.Tensor) -> torch.Tensor:
-    """Each map to [0, 1]; a constant one (range within float32 resolution) to zeros."""
-    flat = maps.flatten(1)
-    low, high = flat.min(dim=1, keepdim=True).values, flat.max(dim=1, keepdim=True).values
-    spread = high - low
-    constant = spread <= torch.finfo(torch.float32).eps * torch.maximum(high.abs(), low.abs())
-    out = torch.where(constant, torch.zeros_like(flat), (flat - low) / spread)
-    return out.view_as(maps)
 
 
 def reference_weights(model, activations, x, targets) -> torch.Tensor:
@@ -92,10 +68,7 @@ def reference_scorecam(
         activations = activations.float()
         weights = reference_weights(model, activations, x, targets)
         weighted = weights.view(*weights.shape, *[1] * (activations.ndim - 2)) * activations
-        if eigen_smooth:
-            reduced = first_principal_component(weighted)
-        else:
-            reduced = weighted.sum(dim=1)
+        reduced = first_principal_component(weighted) if eigen_smooth else weighted.sum(dim=1)
         maps.append(upsample(torch.relu(reduced), x.shape[2:]))
     return torch.stack(maps).mean(dim=0)
 
@@ -106,35 +79,7 @@ def score_cam(model, layers, x, targets, **kwargs) -> torch.Tensor:
     return cam(x, targets, scale=False, as_tensor=True, **call)
 
 
-def close(actual, expected, tol=1e-5) -> None:
-    torch.testing.assert_close(actual, expected, rtol=tol, atol=tol)
-    assert expected.abs().max() > 1e-3  # a non-trivial map
-
-
 # --------------------------------------------------------------------- models
-def sharp(head: nn.Linear, gain: float = 30.0) -> nn.Linear:
-    """Large class weights, so that the masked images' scores, and the channel weights,
-    differ enough for a comparison with the reference to be sensitive."""
-    with torch.no_grad():
-        head.weight.mul_(gain)
-    return head
-
-
-class SmallConvNet(nn.Module):
-    def __init__(self, classes: int = 5):
-        super().__init__()
-        self.features = nn.Sequential(
-            nn.Conv2d(3, 8, 3, padding=1),
-            nn.ReLU(),
-            nn.Conv2d(8, 12, 3, stride=2, padding=1),
-            nn.ReLU(),
-            nn.Conv2d(12, 16, 3, padding=1),
-            nn.ReLU(),
-        )
-        self.fc = sharp(nn.Linear(16, classes), gain=300.0)
-
-    def forward(self, x):
-        return self.fc(self.features(x).mean(dim=(2, 3)))
 
 
 def sharp_vit() -> TinyViT:
@@ -156,62 +101,6 @@ class Small3dNet(nn.Module):
 
     def forward(self, x):
         return self.fc(self.features(x).mean(dim=(2, 3, 4)))
-
-
-class DuplicatedChannelsNet(nn.Module):
-    """A target layer of 16 channels with only 5 distinct normalised maps per image.
-
-    Channels 0-3: random filters. 4-6: exact copies of 0, 1, 2. 7-8: filters 3 and 0
-    times 2 (weights and bias; exact in float, and min-max normalisation removes the
-    factor). 9-12: zero filters and bias. 13-15: a bias of -1000, all zero after the ReLU.
-    """
-
-    distinct = 5
-
-    def __init__(self):
-        super().__init__()
-        self.conv = nn.Conv2d(3, 16, 3, stride=2, padding=1)
-        self.relu = nn.ReLU()
-        self.head = nn.Conv2d(16, 6, 3, padding=1)
-        self.fc = sharp(nn.Linear(6, 4))
-        with torch.no_grad():
-            w, b = self.conv.weight, self.conv.bias
-            b[:4] = 0.1
-            w[4:7], b[4:7] = w[0:3], b[0:3]
-            w[7], b[7] = 2 * w[3], 2 * b[3]
-            w[8], b[8] = 2 * w[0], 2 * b[0]
-            w[9:13], b[9:13] = 0.0, 0.0
-            b[13:16] = -1000.0
-
-    def forward(self, x):
-        return self.fc(torch.relu(self.head(self.relu(self.conv(x)))).mean(dim=(2, 3)))
-
-
-class RowCounter(nn.Module):
-    """Records the batch size of every forward pass, and whether it ran in inference mode."""
-
-    def __init__(self, inner: nn.Module):
-        super().__init__()
-        self.inner = inner
-        self.rows: list[int] = []
-        self.inference: list[bool] = []
-
-    def forward(self, x):
-        self.rows.append(x.shape[0])
-        self.inference.append(torch.is_inference_mode_enabled())
-        return self.inner(x)
-
-
-def seeded(factory, seed: int = 0) -> nn.Module:
-    torch.manual_seed(seed)
-    return factory().eval()
-
-
-def two_classes(output: torch.Tensor) -> torch.Tensor:
-    return output[..., [3, 0]]  # a vector: its sum is the score
-
-
-TARGETS3 = [ClassifierOutputTarget(1), two_classes, ClassifierOutputTarget(0)]
 
 
 # --------------------------------------------------------------------- 1. the reference
@@ -388,59 +277,6 @@ def test_duplicate_channels_get_equal_weights():
 
 
 # --------------------------------------------------------------------- 3. memory
-class PeakTensorBytes(TorchDispatchMode):
-    """Peak bytes of the storages that ops allocate while the mode is on.
-
-    A storage counts from the op that creates it until the last tensor seen sharing it
-    (views, ``out=`` results) is garbage: each such tensor gets a weakref finalizer.
-    """
-
-    def __init__(self):
-        super().__init__()
-        self.live = 0
-        self.peak = 0
-        self.storages: dict[int, list[int]] = {}  # data_ptr -> [bytes, tensors alive]
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        inputs = {
-            t.untyped_storage().data_ptr()
-            for t in pytree.tree_leaves((args, kwargs))
-            if isinstance(t, torch.Tensor)
-        }
-        for t in pytree.tree_leaves(out):
-            if not isinstance(t, torch.Tensor):
-                continue
-            storage = t.untyped_storage()
-            key, nbytes = storage.data_ptr(), storage.nbytes()
-            if key in self.storages:
-                self.storages[key][1] += 1
-            elif key in inputs or nbytes == 0:
-                continue  # a view of a tensor made outside the mode (a parameter, the input)
-            else:
-                self.storages[key] = [nbytes, 1]
-                self.live += nbytes
-                self.peak = max(self.peak, self.live)
-            weakref.finalize(t, self._release, key)
-        return out
-
-    def _release(self, key: int) -> None:
-        entry = self.storages[key]
-        entry[1] -= 1
-        if entry[1] == 0:
-            self.live -= entry[0]
-            del self.storages[key]
-
-
-class WideNet(nn.Module):
-    def __init__(self, channels: int):
-        super().__init__()
-        self.pool = nn.AvgPool2d(16)  # 64 px -> 4 x 4, cheap
-        self.conv = nn.Conv2d(3, channels, 1)
-        self.fc = nn.Linear(channels, 3)
-
-    def forward(self, x):
-        return self.fc(torch.relu(self.conv(self.pool(x))).mean(dim=(2, 3)))
 
 
 def peak_bytes(channels: int, batch_size: int) -> tuple[int, int]:
@@ -562,27 +398,6 @@ def test_layer_with_fewer_spatial_axes_than_the_input_is_a_clear_error():
 
 
 # --------------------------------------------------------------------- 6. host syncs
-class CountScalarReads(TorchDispatchMode):
-    """Counts ops that copy a tensor's value to the host: ``item``, ``bool``, ``int`` ....
-
-    Which op shows depends on the mode: under ``inference_mode``, indexing with a 0-d
-    tensor dispatches ``aten.item``, elsewhere its decomposition ``_local_scalar_dense``.
-    """
-
-    READS = (
-        torch.ops.aten._local_scalar_dense.default,
-        torch.ops.aten.item.default,
-        torch.ops.aten.is_nonzero.default,
-    )
-
-    def __init__(self):
-        super().__init__()
-        self.count = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if func in self.READS:
-            self.count += 1
-        return func(*args, **(kwargs or {}))
 
 
 def test_the_scalar_read_counter_sees_reads_in_every_mode():

@@ -127,8 +127,8 @@ def closed_form_gradcam(model: GapLinearNet, x: torch.Tensor, concepts, similari
         embeddings = model(x).double()
     weight = model.fc.weight.detach().double()
     maps = []
-    for e, c, a in zip(embeddings, concepts, activations):
-        c = torch.as_tensor(c).double()
+    for e, concept, a in zip(embeddings, concepts, activations):
+        c = torch.as_tensor(concept).double()
         if similarity == "cosine":
             g = c / (e.norm() * c.norm()) - (e @ c) * e / (e.norm() ** 3 * c.norm())
         else:

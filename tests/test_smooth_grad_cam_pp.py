@@ -6,15 +6,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from test_base_cam_state import assert_same_state, snapshot
-from test_fullgrad import net_in_training_mode
-from test_score_cam import (
+from helpers import (
     TARGETS3,
     PeakTensorBytes,
     RowCounter,
     SmallConvNet,
     WideNet,
+    assert_same_state,
+    net_in_training_mode,
     seeded,
+    snapshot,
     upsample,
 )
 from torch import nn

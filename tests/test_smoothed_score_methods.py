@@ -6,9 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from test_base_cam_state import assert_same_state, snapshot
-from test_fullgrad import net_in_training_mode
-from test_score_cam import (
+from helpers import (
     TARGETS3,
     CountScalarReads,
     DuplicatedChannelsNet,
@@ -16,10 +14,13 @@ from test_score_cam import (
     RowCounter,
     SmallConvNet,
     WideNet,
+    assert_same_state,
     close,
     layer_outputs,
     min_max,
+    net_in_training_mode,
     seeded,
+    snapshot,
     upsample,
     upsample_masks,
 )

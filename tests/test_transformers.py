@@ -11,7 +11,7 @@ import pytest
 import timm
 import torch
 import torchvision
-from test_base_cam_state import assert_same_state, snapshot
+from helpers import assert_same_state, snapshot
 from transformers import ViTConfig, ViTForImageClassification
 
 import pytorch_grad_cam as methods

@@ -76,7 +76,9 @@ def run_dff_on_image(
         classifier: applied to the ``k x C`` concept embeddings (e.g. ``model.fc``).
         img_pil: the image (a PIL image or an ``H x W x 3`` uint8 array).
         img_tensor: the image as the model takes it, ``C x H x W`` or ``1 x C x H x W``.
-        reshape_transform, n_components, top_k: see :class:`DeepFeatureFactorization`.
+        reshape_transform: see :class:`DeepFeatureFactorization`.
+        n_components: how many concepts.
+        top_k: how many classes name each concept in the legend.
 
     Returns:
         uint8 ``H x (2 W + legend) x 3``: the image, then the concepts with the legend.

@@ -44,6 +44,7 @@ def also_accepts(alias: str, name: str) -> Callable[[Method], Method]:
 
 
 def check_model(model: Any, metric: str) -> nn.Module:
+    """``model`` (a ``DataParallel`` wrapper looked through), or a TypeError."""
     if not isinstance(model, nn.Module):
         raise TypeError(
             f"{metric}: model must be a torch.nn.Module, got {type(model).__name__}; call "
@@ -111,6 +112,7 @@ def check_unit_interval(maps: torch.Tensor, metric: str, argument: str = "cams")
 
 
 def check_metric_targets(targets: Any, batch_size: int, metric: str) -> list[Target] | None:
+    """One target per image, or ``None`` (each image's top class); errors name the metric."""
     if targets is None:
         return None
     try:
@@ -120,6 +122,7 @@ def check_metric_targets(targets: Any, batch_size: int, metric: str) -> list[Tar
 
 
 def check_int(value: Any, name: str, metric: str, minimum: int = 1) -> int:
+    """``value`` as an int of at least ``minimum``, or a ValueError that names it."""
     if not is_positive_int(value, minimum):
         raise ValueError(f"{metric}: {name} must be an int >= {minimum}, got {value!r}.")
     return int(value)
@@ -132,7 +135,7 @@ def check_percentile(value: Any, name: str, metric: str) -> float:
             f"{metric}: {name} must be a number strictly between 0 and 100, got "
             f"{type(value).__name__} {value!r}."
         )
-    if not 0 < value < 100:
+    if not 0 < float(value) < 100:
         raise ValueError(
             f"{metric}: {name} must be strictly between 0 and 100 (a percentage of the "
             f"pixels), got {value!r}; e.g. 20 for a fifth of the pixels."
@@ -141,6 +144,7 @@ def check_percentile(value: Any, name: str, metric: str) -> float:
 
 
 def check_percentiles(values: Any, metric: str) -> list[float]:
+    """A non-empty list of percentiles, each strictly between 0 and 100."""
     if isinstance(values, numbers.Real):
         raise TypeError(
             f"{metric}: percentiles must be a list of numbers, got the single number "
@@ -153,6 +157,7 @@ def check_percentiles(values: Any, metric: str) -> list[float]:
 
 
 def check_noise(value: Any, metric: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value >= 0:
+    """The imputer's noise, a standard deviation >= 0."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not float(value) >= 0:
         raise ValueError(f"{metric}: noise must be a number >= 0 (a std), got {value!r}.")
     return float(value)

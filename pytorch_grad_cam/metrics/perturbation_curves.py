@@ -93,6 +93,14 @@ class PerturbationCurve:
         output_selector: where the scores are in the model's output, as for the CAMs.
     """
 
+    mode: str
+    n_steps: int
+    baseline: Any
+    blur_sigma: float
+    seed: int
+    batch_size: int
+    output_selector: OutputSelector
+
     name = "PerturbationCurve"
 
     def __init__(
@@ -140,6 +148,7 @@ class PerturbationCurve:
         model: nn.Module,
         return_curves: bool = False,
     ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+        """Each image's area under its curve (and the curves with ``return_curves``)."""
         model = check_model(model, self.name)
         x = check_input_tensor(input_tensor, model, self.name)
         cams = check_cams(grayscale_cams, x, self.name, "grayscale_cams")
@@ -174,9 +183,9 @@ class PerturbationCurve:
             scores = batched_scores(
                 model, x[0], images * steps, fill, job_targets, self.output_selector, batch_size
             )
-        scores = to_numpy(scores).reshape(images, steps)
-        unperturbed = to_numpy(unperturbed)[:, None]
-        pieces = (unperturbed, scores) if deletion else (scores, unperturbed)
+        step_scores = to_numpy(scores).reshape(images, steps)
+        first = to_numpy(unperturbed)[:, None]
+        pieces = (first, step_scores) if deletion else (step_scores, first)
         curves = np.concatenate(pieces, axis=1).astype(np.float32)
         auc = ((curves[:, 1:] + curves[:, :-1]) / 2).sum(axis=1) / steps
         auc = auc.astype(np.float32)

@@ -95,6 +95,15 @@ class CascadingRandomization:
             ``targets`` is ``None``.
     """
 
+    cam: Callable[..., Any]
+    target_layers: list[LayerSpec] | None
+    steps: list[StepSpec] | None
+    cascading: bool
+    reinitialize: Callable[[nn.Module], None]
+    seed: int
+    cam_kwargs: dict
+    output_selector: OutputSelector
+
     def __init__(
         self,
         cam: Callable[..., Any],
@@ -136,6 +145,8 @@ class CascadingRandomization:
         model: nn.Module,
         return_maps: bool = False,
     ) -> list[RandomizationStep]:
+        """Randomise the model step by step and compare each step's maps with the
+        original's (see the class docstring)."""
         model = check_model(model, NAME)
         x = check_input_tensor(input_tensor, model, NAME)
         targets = check_metric_targets(targets, x.shape[0], NAME)
@@ -230,8 +241,9 @@ def default_reinitialize(module: nn.Module) -> None:
     """``module.reset_parameters()`` when it has one; otherwise each of its own parameters
     is drawn from ``N(0, std of the parameter)`` (``N(0, 1)`` for a constant one)."""
     with torch.no_grad():
-        if callable(getattr(module, "reset_parameters", None)):
-            module.reset_parameters()
+        reset = getattr(module, "reset_parameters", None)
+        if callable(reset):
+            reset()
             return
         for parameter in module.parameters(recurse=False):
             std = float(parameter.float().std()) if parameter.numel() > 1 else 0.0
@@ -257,7 +269,7 @@ def _check_steps(steps: Any) -> list:
             f"{NAME}: steps must be a list of module names (or of lists of names), got the "
             f"single string {steps!r}; pass [{steps!r}]."
         )
-    checked = []
+    checked: list[StepSpec] = []
     for index, step in enumerate(steps):
         if isinstance(step, str):
             checked.append(step)

@@ -24,7 +24,7 @@ def show_factorization_on_image(
     image_weight: float = 0.5,
     concept_labels: Sequence[str] | None = None,
 ) -> np.ndarray:
-    """Colour each pixel of ``img`` by its dominant concept.
+    r"""Colour each pixel of ``img`` by its dominant concept.
 
     ``img``: ``H x W x 3`` float RGB in [0, 1]; ``explanations``: ``k x H x W`` concept
     heat maps in [0, 1] (one image's ``batch_explanations`` from
@@ -70,7 +70,7 @@ def show_factorization_on_image(
     strength = np.clip(np.take_along_axis(explanations, dominant[None], axis=0)[0], 0, 1)
     overlay = palette[dominant] * strength[..., None]
     blended = image_weight * img + (1 - image_weight) * overlay
-    result = np.uint8(np.round(255 * np.clip(blended, 0, 1)))
+    result = np.round(255 * np.clip(blended, 0, 1)).astype(np.uint8)
     if concept_labels is None:
         return result
     return np.concatenate([result, _legend(palette, concept_labels, img.shape[0])], axis=1)

@@ -45,7 +45,7 @@ def get_layer(model: nn.Module, path: str) -> nn.Module:
     Raises ``ValueError`` naming the part that does not exist and the nearest names.
     """
     module = model
-    walked = []
+    walked: list[str] = []
     for part in path.split("."):
         child = _child(module, part)
         if child is None:

@@ -32,7 +32,7 @@ def deprocess_image(img: np.ndarray) -> np.ndarray:
     img = np.asarray(img, dtype=np.float32)
     img = (img - img.mean()) / (img.std() + 1e-5)
     img = np.clip(img * 0.1 + 0.5, 0, 1)
-    return np.uint8(np.round(img * 255))
+    return np.round(img * 255).astype(np.uint8)
 
 
 def show_cam_on_image(
@@ -62,12 +62,12 @@ def show_cam_on_image(
             f"mask has shape {mask.shape} but img is {img.shape[:2]}; the CAM must be at the "
             "image's size (cam(...) returns maps at the input tensor's size)."
         )
-    heatmap = cv2.applyColorMap(np.uint8(np.round(255 * np.clip(mask, 0, 1))), colormap)
+    heatmap = cv2.applyColorMap(np.round(255 * np.clip(mask, 0, 1)).astype(np.uint8), colormap)
     if use_rgb:
         heatmap = cv2.cvtColor(heatmap, cv2.COLOR_BGR2RGB)
     blended = (1 - image_weight) * (heatmap.astype(np.float32) / 255) + image_weight * img
     blended = blended / max(float(blended.max()), 1e-12)
-    return np.uint8(np.round(255 * blended))
+    return np.round(255 * blended).astype(np.uint8)
 
 
 def scale_cam_image(cam: np.ndarray, target_size: Sequence[int] | None = None) -> np.ndarray:
@@ -86,7 +86,7 @@ def scale_cam_image(cam: np.ndarray, target_size: Sequence[int] | None = None) -
 def scale_accross_batch_and_channels(tensor: np.ndarray, target_size: Sequence[int]) -> np.ndarray:
     """Min-max scale every ``tensor[b, c]`` map of a ``B x C x *spatial`` array to [0, 1] and
     resize it to ``target_size`` (OpenCV's ``(width, height)`` order): ``B x C x *size``.
-    (The incumbent's spelling of "across".)"""
+    (The incumbent's spelling of "across".)."""
     array = np.asarray(tensor, dtype=np.float32)
     batch, channels = array.shape[:2]
     flat = scale_cam_image(array.reshape(batch * channels, *array.shape[2:]), target_size)

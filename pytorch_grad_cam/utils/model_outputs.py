@@ -28,10 +28,7 @@ def select_output(output: Any, selector: OutputSelector = None) -> torch.Tensor:
     its ``"logits"`` or ``"out"`` entry, or its only tensor; a tuple or list gives
     its first tensor.
     """
-    if selector is not None:
-        selected = _apply_selector(output, selector)
-    else:
-        selected = _find_scores(output)
+    selected = _apply_selector(output, selector) if selector is not None else _find_scores(output)
     if not isinstance(selected, torch.Tensor):
         raise TypeError(
             f"output_selector={selector!r} picked a {type(selected).__name__} from the model's "

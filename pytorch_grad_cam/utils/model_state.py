@@ -62,10 +62,10 @@ def model_in_eval_mode(model: nn.Module) -> Iterator[None]:
 
 def model_device(model: nn.Module) -> torch.device | None:
     """The device of the model's first parameter (or buffer); ``None`` for neither."""
-    for tensor in model.parameters():
-        return tensor.device
-    for tensor in model.buffers():
-        return tensor.device
+    for parameter in model.parameters():
+        return parameter.device
+    for buffer in model.buffers():
+        return buffer.device
     return None
 
 

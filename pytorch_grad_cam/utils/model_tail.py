@@ -43,12 +43,13 @@ class _TargetLeafTracer(torch.fx.Tracer):
     would rewrite other modules' globals.
     """
 
-    def __init__(self, leaves: Sequence[nn.Module]):
-        super().__init__(autowrap_modules=(), autowrap_functions=())
+    def __init__(self, leaves: Sequence[nn.Module]) -> None:
+        # torch's annotation asks for at least one module; an empty tuple is accepted.
+        super().__init__(autowrap_modules=(), autowrap_functions=())  # type: ignore[arg-type]
         self._leaf_ids = {id(leaf) for leaf in leaves}
         self._tracing_thread: int | None = None
 
-    def trace(self, root: nn.Module, concrete_args: Any = None) -> torch.fx.Graph:
+    def trace(self, root: Any, concrete_args: Any = None) -> torch.fx.Graph:
         self._tracing_thread = threading.get_ident()
         try:
             return super().trace(root, concrete_args)
@@ -77,7 +78,7 @@ class _Root(nn.Module):
     (tensors that are no attribute of any module) on the traced root; this keeps them off
     the user's model."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
 
@@ -93,7 +94,7 @@ class TracedModel:
     for the life of the process).
     """
 
-    def __init__(self, model: nn.Module, layers: Sequence[nn.Module]):
+    def __init__(self, model: nn.Module, layers: Sequence[nn.Module]) -> None:
         root = _Root(model)
         tracer = _TargetLeafTracer(layers)
         try:
@@ -150,12 +151,15 @@ class TracedModel:
         """
         for node in self._tail_inputs[layer_index]:
             value = values.recorded[node]
-            if node in self._batch_dependent and not isinstance(value, torch.Tensor):
-                if not (_is_int_or_shape(value) or _holds_no_batch_size(value)):
-                    return (
-                        f"the part after the layer uses {node.name} = {value!r}, computed "
-                        "from the input before the layer"
-                    )
+            batch_dependent = node in self._batch_dependent
+            may_hold_batch_size = not isinstance(value, torch.Tensor) and not (
+                _is_int_or_shape(value) or _holds_no_batch_size(value)
+            )
+            if batch_dependent and may_hold_batch_size:
+                return (
+                    f"the part after the layer uses {node.name} = {value!r}, computed "
+                    "from the input before the layer"
+                )
         return None
 
     def layer_output(self, layer_index: int, values: TailValues) -> Any:

@@ -37,10 +37,11 @@ class ClassifierOutputTarget:
 
     rowwise = True
 
-    def __init__(self, category: Category):
+    def __init__(self, category: Category) -> None:
         self.category = category
 
     def __call__(self, model_output: torch.Tensor) -> torch.Tensor:
+        """The score of one image's output (or of each row of a block of them)."""
         return _pick(model_output, self.category)
 
     def __repr__(self) -> str:
@@ -51,6 +52,7 @@ class ClassifierOutputSoftmaxTarget(ClassifierOutputTarget):
     """The softmax probability of ``category``: ``exp(y_c) / sum_j exp(y_j)``."""
 
     def __call__(self, model_output: torch.Tensor) -> torch.Tensor:
+        """The score of one image's output (or of each row of a block of them)."""
         return _pick(torch.softmax(model_output, dim=-1), self.category)
 
 
@@ -62,6 +64,7 @@ class ClassifierOutputReST(ClassifierOutputTarget):
     """
 
     def __call__(self, model_output: torch.Tensor) -> torch.Tensor:
+        """The score of one image's output (or of each row of a block of them)."""
         logit = _pick(model_output, self.category)
         return logit + _pick(torch.softmax(model_output, dim=-1), self.category)
 
@@ -71,12 +74,13 @@ class BinaryClassifierOutputTarget:
 
     rowwise = True
 
-    def __init__(self, category: int):
+    def __init__(self, category: int) -> None:
         if category not in (0, 1):
             raise ValueError(f"category={category!r}: a binary classifier's category is 0 or 1")
         self.category = category
 
     def __call__(self, model_output: torch.Tensor) -> torch.Tensor:
+        """The score of one image's output (or of each row of a block of them)."""
         sign = 1.0 if self.category == 1 else -1.0
         return model_output * sign
 
@@ -87,6 +91,7 @@ class SoftmaxOutputTarget:
     rowwise = True
 
     def __call__(self, model_output: torch.Tensor) -> torch.Tensor:
+        """The score of one image's output (or of each row of a block of them)."""
         return torch.softmax(model_output, dim=-1)
 
 
@@ -96,6 +101,7 @@ class RawScoresOutputTarget:
     rowwise = True
 
     def __call__(self, model_output: torch.Tensor) -> torch.Tensor:
+        """The score of one image's output (or of each row of a block of them)."""
         return model_output
 
 
@@ -112,11 +118,12 @@ class SemanticSegmentationTarget:
 
     rowwise = True
 
-    def __init__(self, category: Category, mask: np.ndarray | torch.Tensor):
+    def __init__(self, category: Category, mask: np.ndarray | torch.Tensor) -> None:
         self.category = category
         self.mask = torch.as_tensor(mask).detach().to(torch.float32)
 
     def __call__(self, model_output: torch.Tensor) -> torch.Tensor:
+        """The score of one image's output (or of each row of a block of them)."""
         if self.mask.device != model_output.device:
             self.mask = self.mask.to(model_output.device)
         if model_output.ndim not in (3, 4) or model_output.shape[-2:] != self.mask.shape:
@@ -166,7 +173,7 @@ class FasterRCNNBoxScoreTarget:
         labels: Sequence[int] | np.ndarray | torch.Tensor,
         bounding_boxes: Any,
         iou_threshold: float = 0.5,
-    ):
+    ) -> None:
         self.labels = torch.as_tensor(labels).detach().reshape(-1)
         boxes = torch.as_tensor(bounding_boxes).detach()
         if not boxes.is_floating_point():
@@ -233,7 +240,7 @@ class SimilarityToConceptTarget:
         features: np.ndarray | torch.Tensor,
         similarity: Similarity = "cosine",
         eps: float = 1e-8,
-    ):
+    ) -> None:
         features = torch.as_tensor(features).detach()
         if not features.is_floating_point():
             features = features.float()
@@ -256,6 +263,7 @@ class SimilarityToConceptTarget:
         self._placed: torch.Tensor | None = None
 
     def __call__(self, model_output: torch.Tensor) -> torch.Tensor:
+        """The score of one image's output (or of each row of a block of them)."""
         embeddings = self._embeddings(model_output)
         features = self._features_like(embeddings)
         embeddings = embeddings.to(features.dtype)
@@ -263,6 +271,7 @@ class SimilarityToConceptTarget:
             return torch.nn.functional.cosine_similarity(embeddings, features, dim=-1, eps=self.eps)
         if self.similarity == "dot":
             return (embeddings * features).sum(dim=-1)
+        assert callable(self.similarity)  # checked in __init__
         return self.similarity(embeddings, features)
 
     def _embeddings(self, output: torch.Tensor) -> torch.Tensor:
@@ -303,12 +312,15 @@ class FinerWeightedTarget:
 
     rowwise = True
 
-    def __init__(self, main_category: int, comparison_categories: Sequence[int], alpha: float):
+    def __init__(
+        self, main_category: int, comparison_categories: Sequence[int], alpha: float
+    ) -> None:
         self.main_category = main_category
         self.comparison_categories = list(comparison_categories)
         self.alpha = alpha
 
     def __call__(self, model_output: torch.Tensor) -> torch.Tensor:
+        """The score of one image's output (or of each row of a block of them)."""
         main = model_output[..., self.main_category]
         if not self.comparison_categories:
             return main

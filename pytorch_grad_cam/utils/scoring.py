@@ -92,12 +92,11 @@ def layer_gradients(
         for activation in activations
         for tensor in (activation.values() if is_tensor_mapping(activation) else [activation])
     ]
+    flat_gradients: Sequence[torch.Tensor | None] = [None] * len(flat)
     if score.requires_grad:
         flat_gradients = torch.autograd.grad(
             score, flat, allow_unused=True, create_graph=create_graph
         )
-    else:
-        flat_gradients = [None] * len(flat)
     remaining = iter(
         [torch.zeros_like(a) if g is None else g for a, g in zip(flat, flat_gradients)]
     )

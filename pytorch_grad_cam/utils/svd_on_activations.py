@@ -34,7 +34,7 @@ def get_2d_projection(activation_batch: Any) -> np.ndarray:
         positions = positions - positions.mean(axis=0)
         _, _, vt = np.linalg.svd(positions, full_matrices=False)
         projections.append((positions @ vt[0]).reshape(spatial))
-    return np.float32(projections)
+    return np.asarray(projections, dtype=np.float32)
 
 
 def get_2d_projection_with_sign_correction(activation_batch: np.ndarray) -> np.ndarray:

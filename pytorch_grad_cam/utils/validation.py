@@ -182,7 +182,7 @@ def is_positive_int(value: Any, minimum: int = 1) -> bool:
     return (
         isinstance(value, numbers.Integral)
         and not isinstance(value, (bool, np.bool_))
-        and value >= minimum
+        and int(value) >= minimum
     )
 
 
