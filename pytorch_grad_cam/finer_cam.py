@@ -27,12 +27,13 @@ from pytorch_grad_cam.utils.model_targets import (
 from pytorch_grad_cam.utils.reshape_transforms import ReshapeTransform
 from pytorch_grad_cam.utils.validation import check_cam_input as check_input
 from pytorch_grad_cam.utils.validation import check_targets, is_integer, looks_like_categories
+from pytorch_grad_cam.wrapped_cam import WrappedCAM, check_base_method
 
 #: The default comparison ranks: the three classes nearest the main one.
 DEFAULT_RANKS = (1, 2, 3)
 
 
-class FinerCAM:
+class FinerCAM(WrappedCAM):
     """A base method explaining a class against the classes it is most easily confused with.
 
     For each image with class scores ``y`` and main class ``c``, the other classes are
@@ -72,11 +73,7 @@ class FinerCAM:
         base_method: type[BaseCAM] = GradCAM,
         **kwargs: Any,
     ) -> None:
-        if not (isinstance(base_method, type) and issubclass(base_method, BaseCAM)):
-            raise TypeError(
-                f"base_method must be a CAM class (a BaseCAM subclass such as GradCAM), got "
-                f"{base_method!r}; pass the class itself, not an instance."
-            )
+        check_base_method(base_method)
         if not base_method.uses_targets:
             raise ValueError(
                 f"base_method={base_method.__name__} does not use targets (it is "
@@ -85,16 +82,6 @@ class FinerCAM:
             )
         self.base = base_method(model, target_layers, reshape_transform, **kwargs)
         self.finer_targets: list[FinerWeightedTarget] | None = None
-
-    @property
-    def model(self) -> nn.Module:
-        """The explained model (the base method's)."""
-        return self.base.model
-
-    @property
-    def outputs(self) -> Any:
-        """The model's output of the last call."""
-        return self.base.outputs
 
     def __call__(
         self,
@@ -220,18 +207,6 @@ class FinerCAM:
             else:
                 resolved.append(FinerWeightedTarget(category, comparison, alpha))
         return resolved
-
-    def close(self) -> None:
-        """Release the base method's last output."""
-        self.base.close()
-
-    def __enter__(self) -> FinerCAM:
-        """The CAM itself; leaving the block releases ``outputs``."""
-        return self
-
-    def __exit__(self, exc_type: Any, exc_value: Any, exc_tb: Any) -> None:
-        """Release; never swallow an exception."""
-        self.close()  # returns None: an exception is never swallowed
 
 
 def _main_categories(

@@ -20,9 +20,10 @@ from pytorch_grad_cam.utils.image import scale_cam_image as scale_cam_image  # r
 from pytorch_grad_cam.utils.maps import resize_maps, scale_to_unit_range
 from pytorch_grad_cam.utils.model_targets import Target
 from pytorch_grad_cam.utils.reshape_transforms import ReshapeTransform
+from pytorch_grad_cam.wrapped_cam import WrappedCAM, check_base_method
 
 
-class RefineCAM:
+class RefineCAM(WrappedCAM):
     """Coarse-to-fine: the deepest layer's map, gated by each shallower layer's map.
 
     ``target_layers`` run from shallow to deep. With ``M_l`` the base method's map of
@@ -60,24 +61,10 @@ class RefineCAM:
         base_method: type[BaseCAM] = GradCAMPlusPlus,
         **kwargs: Any,
     ) -> None:
-        if not (isinstance(base_method, type) and issubclass(base_method, BaseCAM)):
-            raise TypeError(
-                f"base_method must be a CAM class (a BaseCAM subclass such as GradCAM), got "
-                f"{base_method!r}; pass the class itself, not an instance."
-            )
+        check_base_method(base_method)
         self.base = refining(base_method)(  # type: ignore[arg-type]
             model, target_layers, reshape_transform, **kwargs
         )
-
-    @property
-    def model(self) -> nn.Module:
-        """The explained model (the base method's)."""
-        return self.base.model
-
-    @property
-    def outputs(self) -> Any:
-        """The model's output of the last call."""
-        return self.base.outputs
 
     def __call__(
         self,
@@ -103,18 +90,6 @@ class RefineCAM:
     ) -> np.ndarray:
         """The maps as a numpy array: ``cam(input_tensor, targets, eigen_smooth)``."""
         return cast(np.ndarray, self(input_tensor, targets, eigen_smooth))
-
-    def close(self) -> None:
-        """Release the base method's last output."""
-        self.base.close()
-
-    def __enter__(self) -> RefineCAM:
-        """The CAM itself; leaving the block releases ``outputs``."""
-        return self
-
-    def __exit__(self, exc_type: Any, exc_value: Any, exc_tb: Any) -> None:
-        """Release; never swallow an exception."""
-        self.close()  # returns None: an exception is never swallowed
 
 
 @functools.cache

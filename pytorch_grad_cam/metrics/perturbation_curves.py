@@ -21,6 +21,7 @@ the fraction of pixels acted on, ``k / n`` in [0, 1], by the trapezoid rule:
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 from typing import Any, Callable, Union
@@ -230,19 +231,8 @@ class DeletionCurve(PerturbationCurve):
     for the call and the arguments."""
 
     name = "DeletionCurve"
-
-    def __init__(
-        self,
-        n_steps: int = 50,
-        baseline: Baseline | None = "zeros",
-        blur_sigma: float = 5.0,
-        seed: int = 0,
-        batch_size: int = 32,
-        output_selector: OutputSelector = None,
-    ) -> None:
-        super().__init__(
-            "deletion", n_steps, baseline, blur_sigma, seed, batch_size, output_selector
-        )
+    #: ``PerturbationCurve``'s constructor with ``mode="deletion"`` (default baseline zeros).
+    __init__ = functools.partialmethod(PerturbationCurve.__init__, "deletion")
 
 
 class InsertionCurve(PerturbationCurve):
@@ -251,16 +241,5 @@ class InsertionCurve(PerturbationCurve):
     See :class:`PerturbationCurve` for the call and the arguments."""
 
     name = "InsertionCurve"
-
-    def __init__(
-        self,
-        n_steps: int = 50,
-        baseline: Baseline | None = "blur",
-        blur_sigma: float = 5.0,
-        seed: int = 0,
-        batch_size: int = 32,
-        output_selector: OutputSelector = None,
-    ) -> None:
-        super().__init__(
-            "insertion", n_steps, baseline, blur_sigma, seed, batch_size, output_selector
-        )
+    #: ``PerturbationCurve``'s constructor with ``mode="insertion"`` (default baseline blur).
+    __init__ = functools.partialmethod(PerturbationCurve.__init__, "insertion")
