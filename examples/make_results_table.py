@@ -17,7 +17,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from pytorch_grad_cam.cli import METHODS, build_parser, run
+from pytorch_grad_cam.cli.support import available_methods, build_parser, run
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = ROOT / "docs" / "results"
@@ -39,6 +39,8 @@ METHODS_SHOWN = [
     "cam",
 ]
 JPEG_QUALITY = 75
+#: The methods cam.py offers, by name.
+METHODS = available_methods()
 
 
 def table_methods() -> list[str]:

@@ -23,6 +23,7 @@ from pytorch_grad_cam.app.models import (
     parse_model_key,
 )
 from pytorch_grad_cam.app.sessions import SessionFiles
+from pytorch_grad_cam.cli import pretrained
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -97,7 +98,7 @@ def test_a_weights_file_replaces_the_weights(tmp_path):
 
 
 def test_pretrained_weights_that_are_not_cached_get_the_pages_alternatives(monkeypatch):
-    monkeypatch.setattr(cli, "reachable", lambda url, timeout=3.0: False)  # offline
+    monkeypatch.setattr(pretrained, "reachable", lambda url, timeout=3.0: False)  # offline
     monkeypatch.setattr(torch.hub, "get_dir", lambda: "/nonexistent/hub")  # nothing cached
     with pytest.raises(AppInputError) as caught:
         ModelStore(torch.device("cpu")).get("torchvision:resnet18")

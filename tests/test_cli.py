@@ -21,6 +21,7 @@ import torchvision
 
 import pytorch_grad_cam
 from pytorch_grad_cam import cli
+from pytorch_grad_cam.cli import pretrained
 from pytorch_grad_cam.utils.reshape_transforms import channels_last_to_first, tokens_to_grid
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -182,7 +183,7 @@ def test_the_process_exits_2_with_one_line_and_no_traceback(tmp_path):
 # ----------------------------------------------------------------------- other models
 def test_torchvision_model_without_weights_fails_at_once(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # an empty hub cache
-    monkeypatch.setattr(cli, "reachable", lambda url: False)  # and no network
+    monkeypatch.setattr(pretrained, "reachable", lambda url: False)  # and no network
     assert cli.main(["--model", "resnet18", "--output-dir", str(tmp_path / "out")]) == 2
     line = error_line(capsys)
     cached = tmp_path / "torch" / "hub" / "checkpoints" / "resnet18-f37072fd.pth"

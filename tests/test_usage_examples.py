@@ -63,7 +63,7 @@ def test_example_without_network_stops_at_once(tmp_path, script):
     """HF_HUB_OFFLINE=1 stands for a machine without network, deterministically: the
     examples check it (and otherwise try a 3 s TCP connection to the Hub) before timm
     would spend a minute retrying the download."""
-    from pytorch_grad_cam.cli import _timm_cached_weights
+    from pytorch_grad_cam.cli.pretrained import timm_cached_weights as _timm_cached_weights
 
     if _timm_cached_weights(EXAMPLES[script]) is not None:
         pytest.skip("the pretrained weights are cached on this machine")
@@ -94,7 +94,7 @@ def test_example_with_another_architecture_is_one_line(tmp_path, script, archite
 
 
 def test_timm_names_with_a_pretrained_tag_are_models():
-    from pytorch_grad_cam.cli import CommandLineError, load_timm_model
+    from pytorch_grad_cam.cli.support import CommandLineError, load_timm_model
 
     model = load_timm_model("deit_tiny_patch16_224.fb_in1k", random_weights=True)
     assert type(model).__name__ == "VisionTransformer"

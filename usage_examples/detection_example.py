@@ -52,21 +52,19 @@ from torchvision.models.detection import (
 )
 
 from pytorch_grad_cam import AblationCAM, EigenCAM
-from pytorch_grad_cam.cli import (
+from pytorch_grad_cam.cli.support import (
     RANDOM_WEIGHTS_HELP,
-    CommandLineError,
+    WeightsUnavailableError,
     base_parser,
     batch_norm_statistics_from,
-    check_output_dir,
+    blamed_on,
+    check_common_arguments,
     file_stem,
-    pick_device,
-    read_image,
-    resolve_target_method,
     run_command,
     with_pretrained_weights,
     write_images,
 )
-from pytorch_grad_cam.utils.image import show_cam_on_image
+from pytorch_grad_cam.utils.image import preprocess_image, show_cam_on_image
 from pytorch_grad_cam.utils.model_targets import FasterRCNNBoxScoreTarget
 from pytorch_grad_cam.utils.reshape_transforms import fpn_reshape_transform
 
@@ -105,7 +103,7 @@ def load_detector(random_weights: bool) -> nn.Module:
     return with_pretrained_weights(
         fasterrcnn_mobilenet_v3_large_320_fpn,
         WEIGHTS,
-        lambda where: (
+        lambda where: WeightsUnavailableError(
             f"no network to download the detector's weights: {where}, or pass "
             "--random-weights to run the pipeline untrained"
         ),
@@ -147,14 +145,11 @@ def draw_boxes(
 
 def run(args: argparse.Namespace) -> Path:
     """Detect, explain the detections with ``--method`` and write the picture."""
-    method = resolve_target_method(args.method)
-    device = pick_device(args.device, args.use_cuda)
-    rgb = read_image(args.image_path)
-    check_output_dir(Path(args.output_dir))
+    arguments = check_common_arguments(args, explains_targets=True)
+    method, device, rgb = arguments.method, arguments.device, arguments.rgb_image
     model = load_detector(args.random_weights).to(device)
     # The detector normalises and resizes by itself: the input is the image in [0, 1].
-    input_tensor = torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1)))[None]
-    input_tensor = input_tensor.to(device)
+    input_tensor = preprocess_image(rgb, mean=(0, 0, 0), std=(1, 1, 1)).to(device)
     if args.random_weights:
         resized = model.transform([input_tensor[0]])[0].tensors
         batch_norm_statistics_from(model.backbone, resized)
@@ -175,20 +170,15 @@ def run(args: argparse.Namespace) -> Path:
         print("the model detected nothing: the map is EigenCAM's, which needs no target")
         method = EigenCAM
     targets = [FasterRCNNBoxScoreTarget(labels=labels, bounding_boxes=boxes)]
-    try:
-        with method(
-            model=model,
-            target_layers=target_layers,
-            reshape_transform=reshape_transform,
-        ) as cam:
-            grayscale = cam(input_tensor, targets=targets, eigen_smooth=args.eigen_smooth)[0]
-    except ValueError as error:
-        raise CommandLineError(f"--method {args.method}: {error}".rstrip(".")) from error
+    with blamed_on("--method", args.method):  # a method that does not fit: one line
+        cam = method(model=model, target_layers=target_layers, reshape_transform=reshape_transform)
+        with cam:
+            grayscale = cam(input_tensor, targets=targets, eigen_smooth=arguments.eigen_smooth)[0]
 
     overlay = show_cam_on_image(rgb, grayscale, use_rgb=True)
     picture = draw_boxes(cv2.cvtColor(overlay, cv2.COLOR_RGB2BGR), boxes, labels, scores)
     pictures = {file_stem(args.method): picture}
-    return write_images(pictures, Path(args.output_dir), "detection")[0]
+    return write_images(pictures, arguments.output_dir, "detection")[0]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

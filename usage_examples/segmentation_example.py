@@ -29,7 +29,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import cv2
-import numpy as np
 import torch
 from torch import nn
 from torchvision.models.segmentation import (
@@ -37,24 +36,23 @@ from torchvision.models.segmentation import (
     deeplabv3_mobilenet_v3_large,
 )
 
-from pytorch_grad_cam.cli import (
+from pytorch_grad_cam.cli.support import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     RANDOM_WEIGHTS_HELP,
     CommandLineError,
+    WeightsUnavailableError,
     base_parser,
     batch_norm_statistics_from,
-    check_output_dir,
+    blamed_on,
+    check_common_arguments,
     file_stem,
-    pick_device,
-    read_image,
     resolve_category,
-    resolve_target_method,
     run_command,
     with_pretrained_weights,
     write_images,
 )
-from pytorch_grad_cam.utils.image import show_cam_on_image
+from pytorch_grad_cam.utils.image import preprocess_image, show_cam_on_image
 from pytorch_grad_cam.utils.model_targets import SemanticSegmentationTarget
 
 WEIGHTS = DeepLabV3_MobileNet_V3_Large_Weights.DEFAULT
@@ -91,7 +89,7 @@ def load_segmenter(random_weights: bool) -> nn.Module:
     return with_pretrained_weights(
         deeplabv3_mobilenet_v3_large,
         WEIGHTS,
-        lambda where: (
+        lambda where: WeightsUnavailableError(
             f"no network to download the network's weights: {where}, or pass "
             "--random-weights to run the pipeline untrained"
         ),
@@ -114,20 +112,16 @@ def resolve_name(requested: str | None) -> int | None:
     try:
         return resolve_category(requested, CATEGORIES)
     except CommandLineError as error:
-        raise CommandLineError(str(error).replace("--target-category", "--category")) from None
+        raise error.for_flag("--category") from None
 
 
 def run(args: argparse.Namespace) -> Path:
     """Segment, explain one class's region with ``--method`` and write the picture."""
-    method = resolve_target_method(args.method)
-    device = pick_device(args.device, args.use_cuda)
-    rgb = read_image(args.image_path)
-    check_output_dir(Path(args.output_dir))
+    arguments = check_common_arguments(args, explains_targets=True)
+    method, device, rgb = arguments.method, arguments.device, arguments.rgb_image
     resolve_name(args.category)  # fail before loading the model
     model = load_segmenter(args.random_weights).to(device)
-    normalised = (rgb - np.float32(IMAGENET_MEAN)) / np.float32(IMAGENET_STD)
-    input_tensor = torch.from_numpy(np.ascontiguousarray(normalised.transpose(2, 0, 1)))[None]
-    input_tensor = input_tensor.to(device)
+    input_tensor = preprocess_image(rgb, IMAGENET_MEAN, IMAGENET_STD).to(device)
     if args.random_weights:
         batch_norm_statistics_from(model.backbone, input_tensor)
 
@@ -145,18 +139,17 @@ def run(args: argparse.Namespace) -> Path:
 
     target_layers = [model.backbone["16"]]
     targets = [SemanticSegmentationTarget(category, mask)]
-    try:
-        with method(model=model, target_layers=target_layers) as cam:
-            grayscale = cam(input_tensor, targets=targets, eigen_smooth=args.eigen_smooth)[0]
-    except ValueError as error:
-        raise CommandLineError(f"--method {args.method}: {error}".rstrip(".")) from error
+    with blamed_on("--method", args.method):  # a method that does not fit: one line
+        cam = method(model=model, target_layers=target_layers)
+        with cam:
+            grayscale = cam(input_tensor, targets=targets, eigen_smooth=arguments.eigen_smooth)[0]
 
     overlay = cv2.cvtColor(show_cam_on_image(rgb, grayscale, use_rgb=True), cv2.COLOR_RGB2BGR)
     region = mask.to(torch.uint8).cpu().numpy()
     contours, _ = cv2.findContours(region, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
     cv2.drawContours(overlay, contours, -1, (255, 255, 255), 1)
     pictures = {file_stem(args.method): overlay}
-    return write_images(pictures, Path(args.output_dir), "segmentation")[0]
+    return write_images(pictures, arguments.output_dir, "segmentation")[0]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -21,7 +21,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from pytorch_grad_cam.cli import (
+from pytorch_grad_cam.cli.support import (
     CommandLineError,
     build_parser,
     check_arguments,
@@ -29,6 +29,7 @@ from pytorch_grad_cam.cli import (
     load_timm_model,
     run_command,
     timm_explainable,
+    weights_description,
 )
 from pytorch_grad_cam.utils.reshape_transforms import swinT_reshape_transform
 
@@ -37,20 +38,21 @@ DEFAULT_MODEL = "swin_tiny_patch4_window7_224"
 
 def run(args: argparse.Namespace) -> None:
     """Load the Swin, pick its target layer and reshape, explain and write the pictures."""
-    check_arguments(args)
+    arguments = check_arguments(args)
     model = load_timm_model(args.model, args.weights, args.random_weights)
     try:
         target_layers = [model.layers[-1].blocks[-1].norm1]
     except (AttributeError, IndexError, TypeError) as error:
         raise CommandLineError(
-            f"--model {args.model}: not a Swin (it lacks layers[-1].blocks[-1].norm1); "
-            "pass a timm Swin name"
+            "not a Swin (it lacks layers[-1].blocks[-1].norm1); pass a timm Swin name",
+            "--model",
+            args.model,
         ) from error
-    weights = "untrained" if args.random_weights else args.weights or "pretrained"
+    weights = weights_description(args.weights, args.random_weights)
     explainable = timm_explainable(
         model, target_layers, swinT_reshape_transform, description=f"timm {args.model} ({weights})"
     )
-    explain_and_write(args, explainable)
+    explain_and_write(arguments, explainable)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -22,7 +22,7 @@ import functools
 import sys
 from collections.abc import Sequence
 
-from pytorch_grad_cam.cli import (
+from pytorch_grad_cam.cli.support import (
     CommandLineError,
     build_parser,
     check_arguments,
@@ -30,6 +30,7 @@ from pytorch_grad_cam.cli import (
     load_timm_model,
     run_command,
     timm_explainable,
+    weights_description,
 )
 from pytorch_grad_cam.utils.reshape_transforms import vit_reshape_transform
 
@@ -38,22 +39,24 @@ DEFAULT_MODEL = "deit_tiny_patch16_224"
 
 def run(args: argparse.Namespace) -> None:
     """Load the ViT, pick its target layer and reshape, explain and write the pictures."""
-    check_arguments(args)
+    arguments = check_arguments(args)
     model = load_timm_model(args.model, args.weights, args.random_weights)
     try:
         target_layers = [model.blocks[-1].norm1]
         height, width = model.patch_embed.grid_size  # 14 x 14 patches of 16 px for 224 px
     except (AttributeError, IndexError, TypeError, ValueError) as error:
         raise CommandLineError(
-            f"--model {args.model}: not a ViT / DeiT (it lacks blocks[-1].norm1 or "
-            "patch_embed.grid_size); pass a timm ViT or DeiT name"
+            "not a ViT / DeiT (it lacks blocks[-1].norm1 or patch_embed.grid_size); pass a "
+            "timm ViT or DeiT name",
+            "--model",
+            args.model,
         ) from error
     reshape_transform = functools.partial(vit_reshape_transform, height=height, width=width)
-    weights = "untrained" if args.random_weights else args.weights or "pretrained"
+    weights = weights_description(args.weights, args.random_weights)
     explainable = timm_explainable(
         model, target_layers, reshape_transform, description=f"timm {args.model} ({weights})"
     )
-    explain_and_write(args, explainable)
+    explain_and_write(arguments, explainable)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 
+from pytorch_grad_cam.cli.errors import CommandLineError
+
 #: ``--flag VALUE: `` at the start of a command-line message (the page has no flags).
 _LEADING_FLAG = re.compile(r"^--[\w-]+(?: [^\s:]+)?: ")
 
@@ -18,12 +20,17 @@ class Cancelled(Exception):
 
 
 def page_message(error: Exception, subject: str) -> AppInputError:
-    """A command-line error (``cli.CommandLineError``, which starts with its flag) as a
-    message for the page, the flag replaced by ``subject``.
+    """A command-line error as a message for the page, its flag replaced by ``subject``.
+
+    A ``CommandLineError`` about a flag gives its message; another error (or one whose
+    text names its flag itself) loses a leading ``--flag VALUE: `` if it has one.
 
     Args:
         error: the error to reword.
         subject: what the message is about, e.g. ``"Model resnet18"``.
     """
-    text = _LEADING_FLAG.sub("", str(error), count=1)
+    if isinstance(error, CommandLineError) and error.flag is not None:
+        text = error.message
+    else:
+        text = _LEADING_FLAG.sub("", str(error), count=1)
     return AppInputError(f"{subject}: {text}")

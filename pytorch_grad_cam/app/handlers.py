@@ -20,7 +20,7 @@ from pytorch_grad_cam.app.outputs import scores_markdown, write_run_files
 from pytorch_grad_cam.app.plots import deletion_figure
 from pytorch_grad_cam.app.service import ExplainRequest, ExplanationService, Prediction
 from pytorch_grad_cam.app.sessions import SessionFiles
-from pytorch_grad_cam.cli import EXAMPLE_IMAGE
+from pytorch_grad_cam.utils.package_data import EXAMPLE_IMAGE
 
 LOGGER = logging.getLogger("pytorch_grad_cam.app")
 Handler = TypeVar("Handler", bound=Callable[..., Any])

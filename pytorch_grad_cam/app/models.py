@@ -16,7 +16,6 @@ its target layer for the length of a call, so two calls on one model must not ov
 
 from __future__ import annotations
 
-import argparse
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -26,15 +25,24 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from pytorch_grad_cam import cli
 from pytorch_grad_cam.app.errors import AppInputError, page_message
+from pytorch_grad_cam.cli.errors import CommandLineError, WeightsUnavailableError
+from pytorch_grad_cam.cli.explainable import Explainable
+from pytorch_grad_cam.cli.models import (
+    DEFAULT_MODEL,
+    ModelChoice,
+    load_model,
+    load_timm_model,
+    resolve_target_layers,
+    timm_explainable,
+    torchvision_model_names,
+    weights_description,
+)
 
-DEFAULT_KEY = f"lite:{cli.DEFAULT_MODEL}"
+DEFAULT_KEY = f"lite:{DEFAULT_MODEL}"
 #: Architectures offered with untrained weights (small ones: a quick look at the pipeline).
 RANDOM_ARCHITECTURES = ("resnet18", "mobilenet_v3_small")
 SOURCES = ("lite", "torchvision", "timm")
-#: How the command line's loaders say that pretrained weights cannot be had.
-NO_NETWORK = "no network to download its pretrained weights"
 
 
 @dataclass(frozen=True)
@@ -63,7 +71,7 @@ def parse_model_key(text: str) -> ModelKey:
         parts = parts[:-1]
     if len(parts) == 1:
         name = parts[0]
-        source = "lite" if name == cli.DEFAULT_MODEL else "torchvision"
+        source = "lite" if name == DEFAULT_MODEL else "torchvision"
     elif len(parts) == 2 and parts[0] in SOURCES:
         source, name = parts
     else:
@@ -80,7 +88,7 @@ def parse_model_key(text: str) -> ModelKey:
 def model_choices() -> list[tuple[str, str]]:
     """``(label, key)`` for the model menu: the default, the models whose pretrained
     weights are cached here, and a few untrained architectures."""
-    choices = [(f"{cli.DEFAULT_MODEL} (ImageNet weights, offline)", DEFAULT_KEY)]
+    choices = [(f"{DEFAULT_MODEL} (ImageNet weights, offline)", DEFAULT_KEY)]
     choices += [
         (f"torchvision {name} (ImageNet, cached)", f"torchvision:{name}")
         for name in cached_torchvision_models()
@@ -102,7 +110,7 @@ def cached_torchvision_models() -> list[str]:
         return []
     cached = {path.name for path in checkpoints.iterdir()}
     names = []
-    for name in cli.torchvision_model_names():
+    for name in torchvision_model_names():
         url = models.get_model_weights(name).DEFAULT.url
         if url.rsplit("/", 1)[-1] in cached:
             names.append(name)
@@ -128,7 +136,7 @@ class LoadedModel:
     """A model ready to explain, and the lock that keeps its calls from overlapping."""
 
     key: str
-    explainable: cli.Explainable
+    explainable: Explainable
     device: torch.device
     #: Every named submodule, in the model's order: the layers the page offers.
     layer_names: list[str]
@@ -147,7 +155,7 @@ class LoadedModel:
         return self.explainable.description or type(self.model).__name__
 
 
-def load_explainable(key: ModelKey, weights_file: str | None = None) -> cli.Explainable:
+def load_explainable(key: ModelKey, weights_file: str | None = None) -> Explainable:
     """The model of ``key`` (with the checkpoint ``weights_file`` if given), loaded by the
     command line's loaders, with its usual target layers and preprocessing.
 
@@ -159,27 +167,21 @@ def load_explainable(key: ModelKey, weights_file: str | None = None) -> cli.Expl
     random_weights = key.random_weights and not weights_file
     try:
         if key.source == "timm":
-            model = cli.load_timm_model(key.name, weights_file, random_weights)
-            layers = cli.resolve_target_layers(model, None)
-            weights = "untrained" if random_weights else weights_file or "pretrained"
+            model = load_timm_model(key.name, weights_file, random_weights)
+            layers = resolve_target_layers(model, None)
+            weights = weights_description(weights_file, random_weights)
             description = f"timm {key.name} ({weights})"
-            return cli.timm_explainable(model, layers, None, description)
-        if key.source == "lite" and key.name != cli.DEFAULT_MODEL:
+            return timm_explainable(model, layers, None, description)
+        if key.source == "lite" and key.name != DEFAULT_MODEL:
             raise AppInputError(f"Model {key.text}: the only lite model is {DEFAULT_KEY}")
-        args = argparse.Namespace(
-            model=key.name,
-            weights=weights_file,
-            random_weights=random_weights,
-            target_layer=None,
-        )
-        return cli.load_model(args)
-    except cli.CommandLineError as error:
-        if NO_NETWORK in str(error):
-            raise AppInputError(
-                f"Model {key.text}: its pretrained weights are not in the cache here and there "
-                "is no network to download them; upload a weights file for it, add :random "
-                f"for untrained weights, or use the offline default {DEFAULT_KEY}"
-            ) from error
+        return load_model(ModelChoice(key.name, weights_file, random_weights))
+    except WeightsUnavailableError as error:
+        raise AppInputError(
+            f"Model {key.text}: its pretrained weights are not in the cache here and there "
+            "is no network to download them; upload a weights file for it, add :random "
+            f"for untrained weights, or use the offline default {DEFAULT_KEY}"
+        ) from error
+    except CommandLineError as error:
         raise page_message(error, subject) from error
 
 

@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 
 from pytorch_grad_cam.app.service import MapResult
-from pytorch_grad_cam.cli import file_stem
+from pytorch_grad_cam.cli.images import file_stem
 
 SCORE_COLUMNS = ("method", "deletion_auc", "insertion_auc", "confidence_change")
 

@@ -21,10 +21,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from pytorch_grad_cam import cli
 from pytorch_grad_cam.app.images import load_image
 from pytorch_grad_cam.app.models import DEFAULT_KEY, ModelStore
 from pytorch_grad_cam.app.service import ExplanationService
+from pytorch_grad_cam.cli.arguments import pick_device
+from pytorch_grad_cam.cli.errors import CommandLineError
+from pytorch_grad_cam.utils.package_data import EXAMPLE_IMAGE
 
 LOGGER = logging.getLogger("pytorch_grad_cam.app")
 DEFAULT_HOST = "127.0.0.1"
@@ -139,8 +141,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     LOGGER.addHandler(handler)
     LOGGER.setLevel(logging.INFO)
     try:
-        device = cli.pick_device(args.device)
-    except cli.CommandLineError as error:
+        device = pick_device(args.device)
+    except CommandLineError as error:
         print(f"gradcam app: error: {error}", file=sys.stderr)
         return 2
     root = Path(tempfile.mkdtemp(prefix="gradcam-app-"))
@@ -186,7 +188,7 @@ def preload_default_model(store: ModelStore, service: ExplanationService) -> Non
     """Load the default model and run it once on the example image while the page
     starts, so that the first page shows its prediction without waiting."""
     try:
-        service.predict(store.get(DEFAULT_KEY), load_image(cli.EXAMPLE_IMAGE))
+        service.predict(store.get(DEFAULT_KEY), load_image(EXAMPLE_IMAGE))
     except Exception:  # noqa: BLE001 - the page reports it when it asks for the model
         LOGGER.exception("could not load the default model")
 

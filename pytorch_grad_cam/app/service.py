@@ -1,7 +1,7 @@
 """The app's computations, with no web framework: predictions, maps, overlays, scores.
 
 Every number the page shows comes from here and is what the library's public API gives:
-the maps are ``cli.compute_map`` (the method class called as ``cam(input_tensor,
+the maps are the command line's ``compute_map`` (the method class called as ``cam(input_tensor,
 targets)``), the overlays ``show_cam_on_image``, the scores ``DeletionCurve``,
 ``InsertionCurve`` and ``CamMultImageConfidenceChange`` on the map at the model input's
 size, with the class's softmax probability as the target.
@@ -12,7 +12,6 @@ module's forward, so ScoreCAM or AblationCAM stop within one batch of forward pa
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -25,10 +24,13 @@ import torch
 from torch import nn
 
 import pytorch_grad_cam
-from pytorch_grad_cam import cli
 from pytorch_grad_cam.app.errors import AppInputError, Cancelled, page_message
 from pytorch_grad_cam.app.images import LoadedImage
 from pytorch_grad_cam.app.models import LoadedModel
+from pytorch_grad_cam.cli.errors import CommandLineError
+from pytorch_grad_cam.cli.explainable import to_input_tensor
+from pytorch_grad_cam.cli.methods import available_methods, resolve_target_method
+from pytorch_grad_cam.cli.pipeline import compute_map, predict
 from pytorch_grad_cam.metrics import CamMultImageConfidenceChange, DeletionCurve, InsertionCurve
 from pytorch_grad_cam.utils.find_layers import get_layer
 from pytorch_grad_cam.utils.image import show_cam_on_image
@@ -59,7 +61,7 @@ def method_names() -> list[str]:
     """The class names of the CAM methods that explain a target (no AttentionRollout)."""
     classes = {
         method.__name__
-        for method in cli.available_methods().values()
+        for method in available_methods().values()
         if method is not pytorch_grad_cam.AttentionRollout
     }
     popular = [name for name in POPULAR_METHODS if name in classes]
@@ -173,14 +175,14 @@ class ExplanationService:
             scale = min(1.0, input_side / min(height, width))
             size = (max(1, round(height * scale)), max(1, round(width * scale)))
             explainable = dataclasses.replace(explainable, input_size=size)
-        return cli.to_input_tensor(image.rgb, explainable).to(loaded.device)
+        return to_input_tensor(image.rgb, explainable).to(loaded.device)
 
     def predict(self, loaded: LoadedModel, image: LoadedImage, input_side: int = 224) -> Prediction:
         """The top classes with their softmax probabilities, and every class's name."""
         with loaded.lock:
             x = self.input_tensor(loaded, image, input_side)
             with torch.no_grad():
-                scores, _ = cli.predict(loaded.model, x, loaded.model)
+                scores, _ = predict(loaded.model, x, loaded.model)
         names = class_names(loaded.explainable.categories, scores.numel())
         top = scores.softmax(dim=0).topk(min(TOP_CLASSES, scores.numel()))
         pairs = zip(top.indices.tolist(), top.values.tolist())
@@ -210,7 +212,7 @@ class ExplanationService:
         with loaded.lock, stoppable(model, cancel):
             x = self.input_tensor(loaded, image, request.input_side)
             layer = self.target_layer(loaded, request.layer)
-            scores, shape = cli.predict(model, x, layer)
+            scores, shape = predict(model, x, layer)
             reshape = loaded.explainable.reshape_transform
             if reshape is None and shape is not None:
                 reshape = infer_reshape_transform(shape, x.shape[2:])
@@ -235,8 +237,8 @@ class ExplanationService:
     def method_class(self, name: str) -> type:
         """The method class named ``name`` (any case), or an ``AppInputError``."""
         try:
-            return cli.resolve_target_method(name)
-        except cli.CommandLineError as error:
+            return resolve_target_method(name)
+        except CommandLineError as error:
             raise page_message(error, f"Method {name}") from error
 
     def target_layer(self, loaded: LoadedModel, path: str) -> nn.Module:
@@ -258,17 +260,13 @@ class ExplanationService:
         x: torch.Tensor,
         category: int,
     ) -> np.ndarray:
-        """The method's ``H x W`` map at the input's size, through ``cli.compute_map``
-        (``progress_bar`` on: a page that tracks ``tqdm`` shows it)."""
-        args = argparse.Namespace(
-            method=method.__name__,
-            batch_size=self.batch_size,
-            aug_smooth=False,
-            eigen_smooth=False,
-        )
+        """The method's ``H x W`` map at the input's size, through the command line's
+        ``compute_map`` (``progress_bar`` on: a page that tracks ``tqdm`` shows it)."""
         try:
-            result = cli.compute_map(method, loaded.model, [layer], reshape, x, category, args)
-        except cli.CommandLineError as error:
+            result = compute_map(
+                method, loaded.model, [layer], reshape, x, category, batch_size=self.batch_size
+            )
+        except CommandLineError as error:
             raise page_message(error, method.__name__) from error
         return np.asarray(result, dtype=np.float32)
 
