@@ -17,7 +17,7 @@ from pytorch_grad_cam.utils.model_outputs import OutputSelector
 from pytorch_grad_cam.utils.model_state import detached_output, model_in_eval_mode
 from pytorch_grad_cam.utils.reshape_transforms import ReshapeTransform
 from pytorch_grad_cam.utils.validation import check_cam_input as check_input
-from pytorch_grad_cam.utils.validation import check_target_layers, is_positive_int
+from pytorch_grad_cam.utils.validation import check_positive_int, check_target_layers
 
 
 def non_negative_factorization(
@@ -34,8 +34,8 @@ def non_negative_factorization(
     """
     from sklearn.decomposition import NMF  # noqa: PLC0415 (scikit-learn loads slowly)
 
-    _check_positive_int("n_components", n_components, "e.g. n_components=8")
-    _check_positive_int("iterations", iterations, "e.g. iterations=200")
+    check_positive_int(n_components, "n_components", "e.g. n_components=8")
+    check_positive_int(iterations, "iterations", "e.g. iterations=200")
     device = matrix.device if isinstance(matrix, torch.Tensor) else torch.device("cpu")
     values = (
         matrix.detach().double().cpu().numpy()
@@ -106,7 +106,7 @@ class DeepFeatureFactorization:
                 f"embeddings (e.g. model.fc), got {type(computation_on_concepts).__name__}."
             )
         self.computation_on_concepts = computation_on_concepts
-        self.iterations = _check_positive_int("iterations", iterations, "e.g. iterations=200")
+        self.iterations = check_positive_int(iterations, "iterations", "e.g. iterations=200")
         self.seed = seed
 
     def __call__(
@@ -123,8 +123,8 @@ class DeepFeatureFactorization:
             classifier head, ``k x classes``: row ``i`` scores concept ``i``), or ``None``
             without ``computation_on_concepts``.
         """
-        n_components = _check_positive_int(
-            "n_components", n_components, "e.g. dff(input_tensor, n_components=8)"
+        n_components = check_positive_int(
+            n_components, "n_components", "e.g. dff(input_tensor, n_components=8)"
         )
         input_tensor = check_input(input_tensor, self.model)
         size = input_tensor.shape[2:]
@@ -181,12 +181,6 @@ def _one_layer(target_layer: Any, target_layers: Any) -> Any:
     if layer is None:
         raise TypeError("target_layer is required: the module whose activations to factorise.")
     return layer
-
-
-def _check_positive_int(name: str, value: Any, example: str) -> int:
-    if not is_positive_int(value):
-        raise ValueError(f"{name} must be a positive int, got {value!r}; {example}.")
-    return int(value)
 
 
 def _to_numpy(value: Any) -> np.ndarray:

@@ -19,6 +19,7 @@ from pytorch_grad_cam.utils.reshape_transforms import ReshapeTransform
 from pytorch_grad_cam.utils.svd_on_activations import (
     get_2d_projection_kernel as get_2d_projection_kernel,  # re-exported: the incumbent's path
 )
+from pytorch_grad_cam.utils.validation import check_positive_int
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
@@ -99,8 +100,7 @@ class KPCA_CAM(CategoryNamedImage, BaseCAM):  # the incumbent's class name
             )
         if not _is_finite_number(coef0):
             raise ValueError(f"coef0 must be a finite number (the kernel's offset), got {coef0!r}.")
-        if isinstance(degree, bool) or not isinstance(degree, numbers.Integral) or degree < 1:
-            raise ValueError(f"degree must be a positive int (poly kernel), got {degree!r}.")
+        check_positive_int(degree, "degree", "poly kernel")
         self.kernel = kernel
         self.gamma = None if gamma is None else float(gamma)
         self.coef0 = float(coef0)

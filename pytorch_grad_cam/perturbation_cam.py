@@ -10,7 +10,7 @@ from torch import nn
 from pytorch_grad_cam.base_cam import BaseCAM
 from pytorch_grad_cam.cam_call import CamOptions
 from pytorch_grad_cam.utils.reshape_transforms import ReshapeTransform
-from pytorch_grad_cam.utils.validation import is_positive_int
+from pytorch_grad_cam.utils.validation import check_positive_int
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
@@ -52,9 +52,4 @@ class PerturbationCAM(BaseCAM):
 
 def check_batch_size(batch_size: Any) -> int:
     """``batch_size`` as an int, or a ValueError that names it."""
-    if not is_positive_int(batch_size):
-        raise ValueError(
-            f"batch_size must be a positive int (perturbed copies per forward pass), got "
-            f"{batch_size!r}."
-        )
-    return int(batch_size)
+    return check_positive_int(batch_size, "batch_size", "perturbed copies per forward pass")

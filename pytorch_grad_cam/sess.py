@@ -25,7 +25,7 @@ from pytorch_grad_cam.utils.maps import resize_maps, scale_to_unit_range
 from pytorch_grad_cam.utils.model_outputs import select_output
 from pytorch_grad_cam.utils.model_state import model_in_eval_mode, model_lock
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
-from pytorch_grad_cam.utils.validation import check_input_tensor
+from pytorch_grad_cam.utils.validation import check_input_tensor, check_positive_int, is_integer
 
 #: A window's place in its scaled image: ``(y0, x0, y1, x1)``, end-exclusive, so the
 #: window is ``image[..., y0:y1, x0:x1]``.
@@ -108,12 +108,14 @@ class SESS:
                 f"{base_method!r}; pass the class itself, not an instance."
             )
         self.scales = None if scales is None else _check_scales(scales)
-        self.num_scales = _check_int("num_scales", num_scales)
+        self.num_scales = check_positive_int(num_scales, "num_scales")
         self.scale_step_ratio = _check_fraction(
             "scale_step_ratio", scale_step_ratio, high=math.inf, open_low=True
         )
-        self.window_size = None if window_size is None else _check_int("window_size", window_size)
-        self.step_size = None if step_size is None else _check_int("step_size", step_size)
+        self.window_size = (
+            None if window_size is None else check_positive_int(window_size, "window_size")
+        )
+        self.step_size = None if step_size is None else check_positive_int(step_size, "step_size")
         self.pre_filter_ratio = _check_fraction("pre_filter_ratio", pre_filter_ratio)
         self.theta = _check_fraction("theta", theta)
         if pool not in POOLS:
@@ -121,7 +123,7 @@ class SESS:
         self.pool = pool
         self.smooth = _check_bool("smooth", smooth)
         self.use_softmax_scores = _check_bool("use_softmax_scores", use_softmax_scores)
-        self.batch_size = _check_int("batch_size", batch_size)
+        self.batch_size = check_positive_int(batch_size, "batch_size")
         self.output_selector = kwargs.get("output_selector")
         self.base = base_method(
             model, target_layers=target_layers, reshape_transform=reshape_transform, **kwargs
@@ -189,7 +191,7 @@ class SESS:
         """The scales (shorter sides in pixels) for windows of ``window_size``: ``scales``
         sorted, or ``round(window_size * (1 + i * scale_step_ratio))`` for
         ``i < num_scales`` without repeats."""
-        window_size = _check_int("window_size", window_size)
+        window_size = check_positive_int(window_size, "window_size")
         if self.scales is not None:
             small = [scale for scale in self.scales if scale < window_size]
             if small:
@@ -385,9 +387,9 @@ def window_starts(length: int, step_size: int, window_size: int) -> list[int]:
     end (``length - window_size``) if the steps do not land there. Every pixel is
     covered (``step_size <= window_size``); consecutive starts differ by ``step_size``,
     the last two by at most that."""
-    length = _check_int("length", length)
-    step_size = _check_int("step_size", step_size)
-    window_size = _check_int("window_size", window_size)
+    length = check_positive_int(length, "length")
+    step_size = check_positive_int(step_size, "step_size")
+    window_size = check_positive_int(window_size, "window_size")
     if step_size > window_size:
         raise ValueError(
             f"step_size={step_size} is larger than window_size={window_size}, which would "
@@ -448,7 +450,7 @@ def _check_targets(targets: Any, batch: int) -> list[Target] | None:
             f"targets must be a list with one target per image, got {type(targets).__name__}; "
             "pass e.g. [ClassifierOutputTarget(c)] * batch_size."
         )
-    resolved = [ClassifierOutputTarget(int(t)) if _is_int(t) else t for t in targets]
+    resolved = [ClassifierOutputTarget(int(t)) if is_integer(t) else t for t in targets]
     for index, target in enumerate(resolved):
         if not callable(target):
             raise TypeError(
@@ -461,16 +463,6 @@ def _check_targets(targets: Any, batch: int) -> list[Target] | None:
             "one target per image."
         )
     return resolved
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
-
-
-def _check_int(name: str, value: Any) -> int:
-    if not _is_int(value) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}.")
-    return int(value)
 
 
 def _check_bool(name: str, value: Any) -> bool:
@@ -490,7 +482,7 @@ def _check_fraction(name: str, value: Any, high: float = 1.0, open_low: bool = F
 
 def _check_scales(scales: Any) -> list[int]:
     values = list(scales) if isinstance(scales, (list, tuple, range)) else []
-    if not values or not all(_is_int(s) and s >= 1 for s in values):
+    if not values or not all(is_integer(s) and s >= 1 for s in values):
         raise ValueError(
             f"scales must be a non-empty list of positive ints (the shorter side, in pixels, "
             f"of each resized image), got {scales!r}."

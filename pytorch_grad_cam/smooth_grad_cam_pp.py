@@ -18,7 +18,7 @@ from pytorch_grad_cam.utils.maps import spatial_axes
 from pytorch_grad_cam.utils.model_targets import Target
 from pytorch_grad_cam.utils.reshape_transforms import ReshapeTransform
 from pytorch_grad_cam.utils.scoring import layer_gradients
-from pytorch_grad_cam.utils.validation import is_positive_int
+from pytorch_grad_cam.utils.validation import check_positive_int
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
@@ -166,12 +166,9 @@ class SmoothGradCAMpp(GradCAMPlusPlus):
 # --------------------------------------------------------------------- shared with SS-CAM
 def check_n_samples(n_samples: Any) -> int:
     """``n_samples`` as an int, or a ValueError that names it."""
-    if not is_positive_int(n_samples):
-        raise ValueError(
-            f"n_samples must be a positive int (how many noisy or scaled copies are averaged), "
-            f"got {n_samples!r}."
-        )
-    return int(n_samples)
+    return check_positive_int(
+        n_samples, "n_samples", "how many noisy or scaled copies are averaged"
+    )
 
 
 def check_stdev_spread(stdev_spread: Any) -> float:

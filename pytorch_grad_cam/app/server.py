@@ -24,7 +24,7 @@ from typing import Any
 from pytorch_grad_cam.app.images import load_image
 from pytorch_grad_cam.app.models import DEFAULT_KEY, ModelStore
 from pytorch_grad_cam.app.service import ExplanationService
-from pytorch_grad_cam.cli.arguments import pick_device
+from pytorch_grad_cam.cli.arguments import pick_device, positive_int
 from pytorch_grad_cam.cli.errors import CommandLineError
 from pytorch_grad_cam.utils.package_data import EXAMPLE_IMAGE
 
@@ -91,16 +91,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     return parser
 
-
-def positive_int(text: str) -> int:
-    """``text`` as an int of at least 1, or an argparse error."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
-    return value
 
 
 def configure_environment(root: Path) -> None:

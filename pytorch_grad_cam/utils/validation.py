@@ -186,6 +186,15 @@ def is_positive_int(value: Any, minimum: int = 1) -> bool:
     )
 
 
+def check_positive_int(value: Any, name: str, hint: str = "") -> int:
+    """``value`` as an int of at least 1, or a ValueError naming ``name`` with ``hint``
+    (what it counts, or an example of a right value)."""
+    if not is_positive_int(value):
+        hint = f" ({hint})" if hint else ""
+        raise ValueError(f"{name} must be a positive int{hint}, got {value!r}.")
+    return int(value)
+
+
 def looks_like_categories(targets: Any) -> bool:
     """The seeds' positional ``cam(input, 281)`` / ``cam(input, [281, 3])`` spelling."""
     if is_integer(targets):
