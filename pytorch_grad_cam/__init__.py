@@ -52,6 +52,7 @@ from pytorch_grad_cam.sess import SESS
 from pytorch_grad_cam.shapley_cam import ShapleyCAM
 from pytorch_grad_cam.smooth_grad_cam_pp import SmoothGradCAMpp
 from pytorch_grad_cam.ss_cam import SSCAM
+from pytorch_grad_cam.transformer_attribution import TransformerAttribution
 from pytorch_grad_cam.xgrad_cam import XGradCAM
 
 __version__ = "0.1.0"
@@ -87,6 +88,7 @@ __all__ = [
     "ShapleyCAM",
     "SmoothGradCAMpp",
     "SSCAM",
+    "TransformerAttribution",
     "XGradCAM",
     "run_dff_on_image",
 ]

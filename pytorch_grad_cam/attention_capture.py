@@ -145,11 +145,14 @@ class AttentionCapture:
 
 
 def attention_gradients(
-    score: torch.Tensor, recorded: RecordedAttentions, calls: Sequence[int] | None = None
+    scores: torch.Tensor, recorded: RecordedAttentions, calls: Sequence[int] | None = None
 ) -> list[torch.Tensor]:
-    """d(score)/d(attention) for the recorded attention calls ``calls`` (default all),
-    each shaped as its attention; zeros where the score does not depend on it. The graph
-    is kept, so that further scores of the same pass can be differentiated."""
+    """d(sum of the images' scores)/d(attention) for the recorded attention calls ``calls``
+    (default all), each shaped as its attention (images are independent, so each image's
+    rows hold its own score's gradient); zeros where the scores do not depend on it. The
+    graph is kept, so that further scores of the same pass can be differentiated."""
+    with torch.enable_grad():  # the caller may be inside torch.no_grad()
+        score = scores.sum()
     selected = range(len(recorded.attentions)) if calls is None else calls
     attentions = [recorded.attentions[i] for i in selected]
     edges = [recorded.edges[i] for i in selected]
