@@ -43,6 +43,7 @@ from pytorch_grad_cam.hirescam import HiResCAM
 from pytorch_grad_cam.is_cam import ISCAM
 from pytorch_grad_cam.kpca_cam import KPCA_CAM
 from pytorch_grad_cam.layer_cam import LayerCAM
+from pytorch_grad_cam.legrad import LeGrad
 from pytorch_grad_cam.original_cam import CAM
 from pytorch_grad_cam.random_cam import RandomCAM
 from pytorch_grad_cam.refine_cam import RefineCAM
@@ -80,6 +81,7 @@ __all__ = [
     "ISCAM",
     "KPCA_CAM",
     "LayerCAM",
+    "LeGrad",
     "RandomCAM",
     "RefineCAM",
     "ScoreCAM",
