@@ -12,8 +12,10 @@ import torch
 from attention_models import (
     CASES,
     FixedAttention,
+    ImageEmbedding,
     assert_unchanged,
     case_targets,
+    clip_model,
     gradients_of,
     hand_backprop,
     hand_set_transformer,
@@ -22,15 +24,20 @@ from attention_models import (
     model_state,
     planted_vit,
     relevance_maps,
+    text_embedding,
     timm_deit,
     two_object_image,
 )
+from helpers import CountScalarReads
 from torch import nn
 
 from pytorch_grad_cam import LeGrad
 from pytorch_grad_cam.legrad import LayerHeadWarning, legrad_relevance
 from pytorch_grad_cam.metrics import CascadingRandomization
-from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+from pytorch_grad_cam.utils.model_targets import (
+    ClassifierOutputTarget,
+    SimilarityToConceptTarget,
+)
 from pytorch_grad_cam.utils.reshape_transforms import vit_reshape_transform
 
 
@@ -199,3 +206,16 @@ def test_clear_errors():
         assert cam(torch.randn(1, 3, 2, 3), [ClassifierOutputTarget(0)]).shape == (1, 2, 3)
         assert cam.outputs.shape == (1, 4)
     assert cam.outputs is None
+
+
+def test_one_host_read_whatever_the_batch_and_depth_and_two_prompts_differ():
+    model = timm_deit(depth=4)
+    with CountScalarReads() as reads:
+        LeGrad(model)(torch.randn(3, 3, 32, 48), as_tensor=True)
+    assert reads.count == 1  # the input's finiteness check; none per image or layer
+    clip = ImageEmbedding(clip_model())
+    x = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(4))
+    cat, cup = (text_embedding(clip.clip, ids) for ids in ([0, 5, 7, 1], [0, 42, 17, 1]))
+    cam = LeGrad(clip)
+    maps = [cam(x, [SimilarityToConceptTarget(concept)]) for concept in (cat, cup)]
+    assert np.abs(maps[0] - maps[1]).mean() > 0.05

@@ -4,6 +4,8 @@ attentions and gradients recorded independently."""
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pytest
 import timm
@@ -25,10 +27,12 @@ from attention_models import (
     two_object_image,
 )
 from conftest import GapLinearNet
+from helpers import CountScalarReads
 
 from pytorch_grad_cam import AttentionRollout, TransformerAttribution
 from pytorch_grad_cam.metrics import CascadingRandomization
 from pytorch_grad_cam.transformer_attribution import relevance_rollout
+from pytorch_grad_cam.utils.model_state import lock_of
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
 
@@ -210,3 +214,24 @@ def test_clear_errors():
         cam(torch.randn(1, 3, 32, 48))
         assert cam.outputs is not None
     assert cam.outputs is None
+
+
+def test_one_host_read_whatever_the_batch_and_depth_and_the_models_lock_is_held():
+    """The input's finiteness check is the call's only copy to the host (none per image or
+    layer); another thread cannot take the model's lock while the model runs."""
+    model = timm_deit(depth=4)
+    held = []
+
+    def try_lock_from_another_thread(module, args):
+        thread = threading.Thread(target=lambda: held.append(not lock_of(model).acquire(False)))
+        thread.start()
+        thread.join()
+
+    handle = model.blocks[0].register_forward_pre_hook(try_lock_from_another_thread)
+    try:
+        with CountScalarReads() as reads:
+            TransformerAttribution(model)(torch.randn(3, 3, 32, 48), as_tensor=True)
+    finally:
+        handle.remove()
+    assert reads.count == 1
+    assert held == [True]
