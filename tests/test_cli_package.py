@@ -106,7 +106,12 @@ def test_the_method_table_is_every_exported_cam_and_the_rollout():
         for name in pytorch_grad_cam.__all__
         if cli.is_cam_method(getattr(pytorch_grad_cam, name))
     }
-    expected = {**exported, "attentionrollout": pytorch_grad_cam.AttentionRollout}
+    expected = {
+        **exported,
+        "attentionrollout": pytorch_grad_cam.AttentionRollout,
+        "transformerattribution": pytorch_grad_cam.TransformerAttribution,
+        "legrad": pytorch_grad_cam.LeGrad,
+    }
     expected["gradcam++"] = pytorch_grad_cam.GradCAMPlusPlus
     assert cli.available_methods() == dict(sorted(expected.items()))
     assert set(OFFERED_BEFORE_THE_SPLIT) <= set(cli.available_methods())

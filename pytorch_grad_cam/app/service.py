@@ -23,13 +23,16 @@ import numpy as np
 import torch
 from torch import nn
 
-import pytorch_grad_cam
 from pytorch_grad_cam.app.errors import AppInputError, Cancelled, page_message
 from pytorch_grad_cam.app.images import LoadedImage
 from pytorch_grad_cam.app.models import LoadedModel
 from pytorch_grad_cam.cli.errors import CommandLineError
 from pytorch_grad_cam.cli.explainable import to_input_tensor
-from pytorch_grad_cam.cli.methods import available_methods, resolve_target_method
+from pytorch_grad_cam.cli.methods import (
+    available_methods,
+    maps_attention,
+    resolve_target_method,
+)
 from pytorch_grad_cam.cli.pipeline import compute_map, predict
 from pytorch_grad_cam.metrics import CamMultImageConfidenceChange, DeletionCurve, InsertionCurve
 from pytorch_grad_cam.utils.find_layers import get_layer
@@ -58,11 +61,10 @@ Progress = Callable[[float, str], None]
 
 
 def method_names() -> list[str]:
-    """The class names of the CAM methods that explain a target (no AttentionRollout)."""
+    """The class names of the CAM methods that explain a target through target layers
+    (not the attention methods: AttentionRollout, TransformerAttribution, LeGrad)."""
     classes = {
-        method.__name__
-        for method in available_methods().values()
-        if method is not pytorch_grad_cam.AttentionRollout
+        method.__name__ for method in available_methods().values() if not maps_attention(method)
     }
     popular = [name for name in POPULAR_METHODS if name in classes]
     return popular + sorted(classes - set(popular), key=str.lower)

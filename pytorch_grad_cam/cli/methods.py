@@ -1,9 +1,10 @@
 """The methods the command line offers, by name.
 
 Every ``BaseCAM`` subclass the package exports is offered (its lowercased class name),
-plus the seeds' spellings (``gradcam++``) and ``attentionrollout`` for vision
-transformers. The table is built on first use, from the package's ``__all__``, so a new
-method is offered as soon as the package exports it.
+plus the seeds' spellings (``gradcam++``) and the attention methods for vision
+transformers: ``attentionrollout``, ``transformerattribution`` and ``legrad``. The
+table is built on first use, from the package's ``__all__``, so a new method is offered
+as soon as the package exports it.
 """
 
 from __future__ import annotations
@@ -16,9 +17,20 @@ import pytorch_grad_cam
 from pytorch_grad_cam.attention_rollout import AttentionRollout
 from pytorch_grad_cam.base_cam import BaseCAM
 from pytorch_grad_cam.cli.errors import CommandLineError
+from pytorch_grad_cam.legrad import LeGrad
+from pytorch_grad_cam.transformer_attribution import TransformerAttribution
 
 #: The seeds' spellings besides the lowercased class names.
 METHOD_ALIASES = {"gradcam++": "gradcamplusplus"}
+
+#: The methods that read a vision transformer's attention instead of target layers,
+#: called ``method(model)(input_tensor[, targets])``.
+ATTENTION_METHODS: tuple[type, ...] = (AttentionRollout, TransformerAttribution, LeGrad)
+
+
+def maps_attention(method: type) -> bool:
+    """Whether ``method`` maps a vision transformer's attention (no target layers)."""
+    return method in ATTENTION_METHODS
 
 
 def is_cam_method(value: Any) -> bool:
@@ -39,7 +51,8 @@ def _method_table() -> tuple[tuple[str, type], ...]:
         value = getattr(pytorch_grad_cam, name)
         if is_cam_method(value):
             methods[name.lower()] = value
-    methods["attentionrollout"] = AttentionRollout
+    for method in ATTENTION_METHODS:
+        methods[method.__name__.lower()] = method
     for alias, name in METHOD_ALIASES.items():
         if name in methods:
             methods[alias] = methods[name]
@@ -48,7 +61,8 @@ def _method_table() -> tuple[tuple[str, type], ...]:
 
 def available_methods() -> dict[str, type]:
     """Every method the command line offers, by lowercased class name, plus aliases,
-    sorted by name. ``attentionrollout`` works on vision transformers only."""
+    sorted by name. The attention methods (``attentionrollout``,
+    ``transformerattribution``, ``legrad``) work on vision transformers only."""
     return dict(_method_table())
 
 
@@ -74,12 +88,20 @@ def resolve_method(name: str) -> type:
 
 
 def resolve_target_method(name: str) -> type[BaseCAM]:
-    """``resolve_method``, less the attention rollout, which explains no target.
+    """``resolve_method``, less the attention methods, which have no target layers (and
+    the rollout explains no target).
 
     Raises:
-        CommandLineError: about ``--method``: an unknown name or the rollout.
+        CommandLineError: about ``--method``: an unknown name or an attention method.
     """
     method = resolve_method(name)
+    if maps_attention(method) and method is not AttentionRollout:
+        raise CommandLineError(
+            "maps a vision transformer's attention, not target layers, so it does not fit "
+            "here; use e.g. gradcam, gradcam++, hirescam, layercam or eigencam",
+            "--method",
+            name,
+        )
     if not issubclass(method, BaseCAM):
         raise CommandLineError(
             "not a CAM method that explains a target; use e.g. gradcam, gradcam++, hirescam, "
@@ -92,7 +114,7 @@ def resolve_target_method(name: str) -> type[BaseCAM]:
 
 def explains_layers(method: type) -> bool:
     """Whether ``method`` maps target layers: a ``BaseCAM`` that uses them (not FullGrad,
-    which uses every biased layer, nor the attention rollout)."""
+    which uses every biased layer, nor the attention methods)."""
     return issubclass(method, BaseCAM) and method.uses_target_layers
 
 

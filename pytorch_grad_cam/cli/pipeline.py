@@ -43,7 +43,7 @@ from pytorch_grad_cam.cli.arguments import (
 from pytorch_grad_cam.cli.errors import CommandLineError, blamed_on
 from pytorch_grad_cam.cli.explainable import Explainable, to_input_tensor
 from pytorch_grad_cam.cli.images import compose_images, file_stem, resized, write_images
-from pytorch_grad_cam.cli.methods import explains_layers
+from pytorch_grad_cam.cli.methods import explains_layers, maps_attention
 from pytorch_grad_cam.cli.models import load_model, resolve_target_layers
 from pytorch_grad_cam.guided_backprop import GuidedBackpropReLUModel
 from pytorch_grad_cam.layer_layout import InferredReshapeWarning, LayerLayout
@@ -166,18 +166,30 @@ def print_top_classes(scores: torch.Tensor, categories: Sequence[str]) -> None:
 def attention_rollout(
     model: nn.Module, method_name: str, aug_smooth: bool = False, eigen_smooth: bool = False
 ) -> AttentionRollout:
-    """An ``AttentionRollout`` of ``model``.
+    """An ``AttentionRollout`` of ``model`` (see ``attention_method``)."""
+    return attention_method(AttentionRollout, model, method_name, aug_smooth, eigen_smooth)
+
+
+def attention_method(
+    method: type,
+    model: nn.Module,
+    method_name: str,
+    aug_smooth: bool = False,
+    eigen_smooth: bool = False,
+) -> Any:
+    """``method(model)`` for an attention method (``AttentionRollout``,
+    ``TransformerAttribution``, ``LeGrad``).
 
     Raises:
         CommandLineError: about ``--method``: a model without attention layers, or
-            smoothing flags (the rollout has neither targets nor weights).
+            smoothing flags (these methods have no target layers to smooth).
     """
     if aug_smooth or eigen_smooth:
         raise CommandLineError(
             "--aug-smooth and --eigen-smooth do not apply to it", "--method", method_name
         )
     try:
-        return AttentionRollout(model)
+        return method(model)
     except ValueError as error:
         raise CommandLineError(
             f"works on vision transformers only, and {type(model).__name__} has no attention "
@@ -203,7 +215,8 @@ def compute_map(
     """The ``H x W`` map of ``method`` for ``category`` at the input tensor's size.
 
     Args:
-        method: a CAM method class (``BaseCAM`` subclass) or ``AttentionRollout``.
+        method: a CAM method class (``BaseCAM`` subclass) or an attention method
+            (``AttentionRollout``, ``TransformerAttribution``, ``LeGrad``).
         model: the model, on the input's device.
         layers: its target layers.
         reshape_transform: for the layers' outputs; ``None``: as ``BaseCAM`` infers it.
@@ -219,10 +232,12 @@ def compute_map(
             (the library's message).
     """
     name = method_name or method.__name__
-    if method is AttentionRollout:
-        rollout = attention_rollout(model, name, aug_smooth, eigen_smooth)
-        with rollout, blamed_on("--method", name):
-            return np.asarray(rollout(input_tensor)[0])
+    if maps_attention(method):
+        explainer = attention_method(method, model, name, aug_smooth, eigen_smooth)
+        with explainer, blamed_on("--method", name):
+            if method is AttentionRollout:  # explains no target
+                return np.asarray(explainer(input_tensor)[0])
+            return np.asarray(explainer(input_tensor, [ClassifierOutputTarget(category)])[0])
     options: dict[str, Any] = {}
     parameters = inspect.signature(method).parameters
     if "batch_size" in parameters:
@@ -255,9 +270,9 @@ def explain_and_write(arguments: ExplainArguments, explainable: Explainable) -> 
     model = explainable.model.to(device)
     paths = arguments.model.target_layer
     layers = resolve_target_layers(model, paths) if paths else explainable.target_layers
-    if method is AttentionRollout:  # fail before predicting on a CNN
-        attention_rollout(
-            model, arguments.method_name, arguments.aug_smooth, arguments.eigen_smooth
+    if maps_attention(method):  # fail before predicting on a CNN
+        attention_method(
+            method, model, arguments.method_name, arguments.aug_smooth, arguments.eigen_smooth
         ).close()
     input_tensor = to_input_tensor(arguments.rgb_image, explainable).to(device)
     output, layer_outputs = forward_recording(model, input_tensor, layers)
