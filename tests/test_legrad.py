@@ -219,3 +219,29 @@ def test_one_host_read_whatever_the_batch_and_depth_and_two_prompts_differ():
     cam = LeGrad(clip)
     maps = [cam(x, [SimilarityToConceptTarget(concept)]) for concept in (cat, cup)]
     assert np.abs(maps[0] - maps[1]).mean() > 0.05
+
+
+def test_a_target_per_image_in_a_batch_equals_each_image_alone_with_its_target():
+    """One backward pass per layer for the whole batch; each image's map is the one it
+    gets alone: on CLIP with a different text prompt per image, and on the planted ViT
+    with the red class for one image and the green class for its mirror image."""
+    clip = ImageEmbedding(clip_model())
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(6))
+    prompts = [text_embedding(clip.clip, ids) for ids in ([0, 5, 7, 1], [0, 42, 17, 1])]
+    targets = [SimilarityToConceptTarget(prompt) for prompt in prompts]
+    cam = LeGrad(clip)
+    batch = cam(x, targets)
+    alone = np.concatenate([cam(x[i : i + 1], [targets[i]]) for i in range(2)])
+    np.testing.assert_allclose(batch, alone, atol=1e-5)
+    swapped = cam(x, targets[::-1])
+    assert np.abs(swapped - batch).mean() > 0.05  # the prompt, not the slot, decides
+
+    model = planted_vit()
+    x = torch.cat([two_object_image(), two_object_image().flip(-1)])
+    targets = [ClassifierOutputTarget(0), ClassifierOutputTarget(1)]
+    cam = LeGrad(model)
+    batch = cam(x, targets)
+    alone = np.concatenate([cam(x[i : i + 1], [targets[i]]) for i in range(2)])
+    np.testing.assert_allclose(batch, alone, atol=1e-6)
+    centres = batch[:, 4::8, 4::8]
+    assert centres[:, 1:3, :2].min() > 0.8 and centres[:, 1:3, 2:].max() < 0.15

@@ -235,3 +235,20 @@ def test_one_host_read_whatever_the_batch_and_depth_and_the_models_lock_is_held(
         handle.remove()
     assert reads.count == 1
     assert held == [True]
+
+
+def test_a_target_per_image_in_a_batch_equals_each_image_alone_with_its_target():
+    """The batch's gradients come from one backward pass of the summed scores; each
+    image's map must be the one it gets alone (images are independent), here with the
+    red class for one image and the green class for its mirror image."""
+    model = planted_vit()
+    x = torch.cat([two_object_image(), two_object_image().flip(-1)])
+    targets = [ClassifierOutputTarget(0), ClassifierOutputTarget(1)]
+    cam = TransformerAttribution(model)
+    batch = cam(x, targets)
+    alone = np.concatenate([cam(x[i : i + 1], [targets[i]]) for i in range(2)])
+    np.testing.assert_allclose(batch, alone, atol=1e-6)
+    # Red on the left of image 0, green on the left of the mirrored image 1: both maps
+    # light the left half's patches.
+    centres = batch[:, 4::8, 4::8]
+    assert centres[:, 1:3, :2].min() > 0.8 and centres[:, 1:3, 2:].max() < 0.15
