@@ -31,6 +31,7 @@ from torch import nn
 from torch.autograd.graph import GradientEdge, get_gradient_edge
 
 from pytorch_grad_cam.activations_and_gradients import split_first_tensor
+from pytorch_grad_cam.utils.validation import check_target_layers
 
 #: The Hugging Face config attribute that selects the attention implementation.
 ATTN_IMPLEMENTATION = "_attn_implementation"
@@ -78,7 +79,7 @@ class AttentionCapture:
             self.found and _has_own_attention_config(model) and not _transformers_5()
         )
         if attention_layers is not None:
-            self.layers = check_attention_layers(model, attention_layers)
+            self.layers = check_target_layers(model, attention_layers, "attention_layers")
         elif self.uses_output_attentions:
             self.layers = []
         elif hugging_face:
@@ -228,26 +229,6 @@ def _hugging_face_attention_layers(model: nn.Module, who: str) -> list[nn.Module
             "attention_layers=[...]: modules that return (output, attention probabilities)."
         )
     return inner
-
-
-def check_attention_layers(model: nn.Module, attention_layers: Any) -> list[nn.Module]:
-    """``attention_layers`` as a non-empty list of submodules of ``model``."""
-    if isinstance(attention_layers, nn.Module):
-        raise TypeError(
-            f"attention_layers must be a list of modules, got a single "
-            f"{type(attention_layers).__name__}; pass attention_layers=[layer]."
-        )
-    layers = list(attention_layers)
-    if not layers:
-        raise ValueError("attention_layers is empty; pass the model's attention modules.")
-    submodules = {id(module) for module in model.modules()}
-    for index, layer in enumerate(layers):
-        if not isinstance(layer, nn.Module) or id(layer) not in submodules:
-            raise ValueError(
-                f"attention_layers[{index}] ({type(layer).__name__}) is not a submodule of "
-                "the model; pass attention modules of this model instance."
-            )
-    return layers
 
 
 # --------------------------------------------------------------------- recording

@@ -120,27 +120,30 @@ def first_convolution_rank(model: nn.Module) -> int | None:
     return None
 
 
-def check_target_layers(model: nn.Module, target_layers: Any) -> list[nn.Module]:
-    """``target_layers`` as a non-empty list of submodules of ``model``, or a clear error."""
+def check_target_layers(
+    model: nn.Module, target_layers: Any, argument: str = "target_layers"
+) -> list[nn.Module]:
+    """``target_layers`` as a non-empty list of submodules of ``model``, or a clear error
+    naming ``argument`` (``target_layers``, ``attention_layers``, ...)."""
     if target_layers is None:
-        raise TypeError("target_layers is required: a list of submodules of the model.")
+        raise TypeError(f"{argument} is required: a list of submodules of the model.")
     if isinstance(target_layers, nn.Module):
         raise TypeError(
-            f"target_layers must be a list of modules, got a single "
-            f"{type(target_layers).__name__}; pass target_layers=[layer]."
+            f"{argument} must be a list of modules, got a single "
+            f"{type(target_layers).__name__}; pass {argument}=[layer]."
         )
     layers = list(target_layers)
     if not layers:
-        raise ValueError("target_layers is empty; pass at least one submodule of the model.")
+        raise ValueError(f"{argument} is empty; pass at least one submodule of the model.")
     submodules = {id(module) for module in model.modules()}
     for index, layer in enumerate(layers):
         if not isinstance(layer, nn.Module):
             raise TypeError(
-                f"target_layers[{index}] must be an nn.Module, got {type(layer).__name__}."
+                f"{argument}[{index}] must be an nn.Module, got {type(layer).__name__}."
             )
         if id(layer) not in submodules:
             raise ValueError(
-                f"target_layers[{index}] ({type(layer).__name__}) is not a submodule of the "
+                f"{argument}[{index}] ({type(layer).__name__}) is not a submodule of the "
                 "model; pass a layer of this model instance, e.g. model.layer4[-1] (a layer "
                 "of another copy of the model never runs)."
             )
