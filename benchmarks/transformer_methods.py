@@ -44,7 +44,9 @@ import statistics
 import time
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 
+import cv2
 import numpy as np
 import timm
 import torch
@@ -54,6 +56,7 @@ from torch import nn
 from pytorch_grad_cam import AttentionRollout, GradCAM, LeGrad, RandomCAM, TransformerAttribution
 from pytorch_grad_cam.layer_layout import InferredReshapeWarning
 from pytorch_grad_cam.metrics import CascadingRandomization, DeletionCurve
+from pytorch_grad_cam.utils.image import show_cam_on_image
 from pytorch_grad_cam.utils.model_targets import (
     ClassifierOutputSoftmaxTarget,
     ClassifierOutputTarget,
@@ -296,12 +299,41 @@ def timing_table(repeats: int) -> None:
         print(f"  {name:28s} {seconds / base:6.2f} x  ({seconds * 1e3:.1f} ms)")
 
 
+def write_pictures(model: nn.Module, directory: Path) -> None:
+    """The README's pictures: one image with a red and a blue square (and grey ones), and
+    each attention method's map for each of the two classes over it, 128 px JPEGs."""
+    directory.mkdir(parents=True, exist_ok=True)
+    generator = torch.Generator().manual_seed(5)
+    pair = [0, 2]  # red, blue
+    images, _ = squares([pair], generator, distractors=2)
+    image = images[0].permute(1, 2, 0).numpy()
+    large = cv2.resize(image, (128, 128), interpolation=cv2.INTER_NEAREST)
+    written = [directory / "toy_vit_image.jpg"]
+    cv2.imwrite(str(written[0]), cv2.cvtColor(np.uint8(255 * large), cv2.COLOR_RGB2BGR))
+    shown = {k: v for k, v in methods(model).items() if k != "RandomCAM"}
+    for name, cam in shown.items():
+        for colour, category in zip(("red", "blue"), pair):
+            grayscale = np.asarray(cam(images, [ClassifierOutputTarget(category)]))[0]
+            grayscale = cv2.resize(grayscale, (128, 128), interpolation=cv2.INTER_LINEAR)
+            overlay = show_cam_on_image(large.astype(np.float32), grayscale, use_rgb=True)
+            path = directory / f"toy_vit_{name.lower()}_{colour}.jpg"
+            cv2.imwrite(str(path), cv2.cvtColor(overlay, cv2.COLOR_RGB2BGR))
+            written.append(path)
+    print(f"\nWrote {len(written)} pictures to {directory}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=200, help="training steps of the toy ViT")
     parser.add_argument("--images", type=int, default=64, help="test images per table")
     parser.add_argument("--sanity-images", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument(
+        "--pictures",
+        type=Path,
+        default=None,
+        help="also write the README's toy-ViT pictures to this folder (docs/results)",
+    )
     args = parser.parse_args()
     warnings.simplefilter("ignore", InferredReshapeWarning)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
@@ -311,6 +343,8 @@ def main() -> None:
         f"\nToy ViT trained for {args.steps} steps of 64 images in {seconds:.0f} s: "
         f"test accuracy {100 * accuracy:.1f}% (chance 25%)"
     )
+    if args.pictures is not None:
+        write_pictures(model, args.pictures)
     segmentation_table(model, args.images)
     legrad_layers_table(model, args.images)
     class_sensitivity_table(model, args.images)
