@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -17,17 +17,15 @@ from pytorch_grad_cam.ablation_layer import AblationLayer
 from pytorch_grad_cam.activations_and_gradients import is_tensor_mapping, split_first_tensor
 from pytorch_grad_cam.base_cam import BaseCAM as BaseCAM  # re-exported: the incumbent's path
 from pytorch_grad_cam.cam_call import CamCall, CamOptions, LayerContext
+from pytorch_grad_cam.layer_layout import channel_positions as channel_positions  # re-exported
 from pytorch_grad_cam.perturbation_cam import PerturbationCAM, check_batch_size
+from pytorch_grad_cam.tail_runs import FULL_FORWARD_PATH as FULL_FORWARD_PATH  # re-exported
+from pytorch_grad_cam.tail_runs import TAIL_PATH as TAIL_PATH  # re-exported
+from pytorch_grad_cam.tail_runs import TailRunner
 from pytorch_grad_cam.utils.find_layers import (
     replace_layer_recursive as replace_layer_recursive,  # re-exported: the incumbent's path
 )
 from pytorch_grad_cam.utils.maps import spatial_axes
-from pytorch_grad_cam.utils.model_tail import (
-    TailUnavailable,
-    TailValues,
-    TracedModel,
-    repeat_rows,
-)
 from pytorch_grad_cam.utils.reshape_transforms import ReshapeTransform
 from pytorch_grad_cam.utils.validation import check_cam_input as check_input
 
@@ -35,11 +33,6 @@ if TYPE_CHECKING:
     from typing_extensions import Unpack
 
 logger = logging.getLogger(__name__)
-
-TAIL_PATH = "tail"
-#: Where a pass keeps its traced values in ``call.method_state``.
-TAIL_VALUES = "ablation_cam.tail_values"
-FULL_FORWARD_PATH = "full forward"
 
 
 class AblationCAM(PerturbationCAM):
@@ -97,9 +90,8 @@ class AblationCAM(PerturbationCAM):
         self.ratio_channels_to_ablate = ratio_channels_to_ablate
         #: For each target layer, the path the last call took: "tail" or "full forward".
         self.ablation_paths: list[str] = []
-        #: The model traced at the first call (kept: tracing once per object is enough).
-        self._traced: TracedModel | None = None
-        self._trace_failure: str | None = None
+        #: The model traced at the first call, and the runs of the layers' tails.
+        self._tails = TailRunner(self.model, self.target_layers)
 
     # ----------------------------------------------------------------- the incumbent's API
     def get_cam_weights(
@@ -155,24 +147,10 @@ class AblationCAM(PerturbationCAM):
 
     # ----------------------------------------------------------------- forward pass
     def run_model(self, call: CamCall) -> Any:
-        """The pass's forward, through the traced model when it can be: the values the
-        tails need are kept in the call (``call.method_state``), dropped with it."""
+        """The pass's forward, through the traced model when it can be (see
+        :class:`~pytorch_grad_cam.tail_runs.TailRunner`)."""
         self.ablation_paths = []
-        traced = self._traced_model()
-        if traced is None or call.model_inputs.given:
-            return call.run_model(call.input_tensor)
-        output, values = traced.run_and_record(call.input_tensor)
-        call.method_state[TAIL_VALUES] = values
-        return output
-
-    def _traced_model(self) -> TracedModel | None:
-        """Trace once per CAM object (in eval mode, during the first call)."""
-        if self._traced is None and self._trace_failure is None:
-            try:
-                self._traced = TracedModel(self.model, self.target_layers)
-            except TailUnavailable as reason:
-                self._trace_failure = str(reason)
-        return self._traced
+        return self._tails.run_model(call)
 
     # ----------------------------------------------------------------- the weights
     def layer_weights(
@@ -224,7 +202,14 @@ class AblationCAM(PerturbationCAM):
         """Each image's unablated score, and the score of every (image, channel) row with
         that channel ablated, both computed by the same path."""
         batch_size = min(check_batch_size(self.batch_size), len(image_rows))
-        run, path, scores = self._ablation_runner(context, batch_size, ablation)
+        run, path, scores = self._tails.runs(
+            context,
+            batch_size,
+            ablation,
+            self._target_scores,
+            unavailable=None if ablation.levels is None else "the layer outputs a feature pyramid",
+            replace=None if ablation.levels is None else ablation.levels_ablated,
+        )
         self.ablation_paths.append(path)
         logger.debug("AblationCAM target_layers[%d]: %s path", context.layer_index, path)
         chunks = []
@@ -240,114 +225,12 @@ class AblationCAM(PerturbationCAM):
                 chunks.append(self._target_scores(output, [targets[r] for r in rows]))
         return scores, torch.cat(chunks)
 
-    def _ablation_runner(
-        self, context: LayerContext, batch_size: int, ablation: _Ablation
-    ) -> tuple[Callable[[list[int], Any], Any], str, torch.Tensor | None]:
-        """A function (rows, ablated channels) -> model output, its path name, and
-        each image's unablated score computed by that path."""
-        traced = self._traced
-        values = None if context.call is None else context.call.method_state.get(TAIL_VALUES)
-        problem: str | None
-        if ablation.levels is not None:
-            problem = "the layer outputs a feature-pyramid mapping"
-        elif traced is None:
-            problem = self._trace_failure or "the model was not traced"
-        elif values is None:
-            problem = "no traced values (the model takes extra_inputs / model_kwargs)"
-        else:
-            problem = traced.tail_problem(context.layer_index, values)
-        if problem is None and traced is not None and values is not None:
-            problem, tail_scores = self._tail_scores(context, traced, values)
-        if problem is None and traced is not None and values is not None:
-            # The recorder's copy: the traced value may have been changed in place downstream.
-            tensor = context.layer_output
-            _, rebuild = split_first_tensor(traced.layer_output(context.layer_index, values))
-            # One buffer for every chunk: the rows are copied in, then ablated in place.
-            buffer = torch.empty(
-                (batch_size, *tensor.shape[1:]), dtype=tensor.dtype, device=tensor.device
-            )
-
-            def run_tail(rows: list[int], channels: torch.Tensor) -> Any:
-                copies = ablation(repeat_rows(tensor, rows, buffer[: len(rows)]), channels)
-                return traced.run_tail(context.layer_index, rebuild(copies), rows, values)
-
-            return run_tail, TAIL_PATH, tail_scores
-
-        logger.debug("AblationCAM: no tail for target_layers[%d]: %s", context.layer_index, problem)
-
-        def run_full_forward(rows: list[int], channels: Any) -> Any:
-            def replace_output(module: nn.Module, inputs: Any, output: Any) -> Any:
-                if ablation.levels is not None:
-                    return ablation.levels_ablated(output, channels)
-                tensor, rebuild = split_first_tensor(output)
-                return rebuild(ablation(tensor.clone(), channels))
-
-            handle = context.layer.register_forward_hook(replace_output)
-            try:
-                return context.run_model(repeat_rows(context.input_tensor, rows), rows)
-            finally:
-                handle.remove()
-
-        return run_full_forward, FULL_FORWARD_PATH, context.target_scores
-
-    def _tail_scores(
-        self, context: LayerContext, traced: TracedModel, values: TailValues
-    ) -> tuple[str | None, torch.Tensor | None]:
-        """Each image's score through the tail, unablated; checked once per call against the
-        model's own (a problem if they differ). The check runs one row more than the batch
-        (the first image twice), so that a batch size the tail reuses must be adapted."""
-        targets, expected_scores = context.targets, context.target_scores
-        assert targets is not None and expected_scores is not None  # AblationCAM uses targets
-        batch = context.input_tensor.shape[0]
-        rows = [*range(batch), 0]
-        with torch.inference_mode():
-            tensor = context.layer_output
-            _, rebuild = split_first_tensor(traced.layer_output(context.layer_index, values))
-            try:
-                output = traced.run_tail(
-                    context.layer_index, rebuild(repeat_rows(tensor, rows)), rows, values
-                )
-                scores = self._target_scores(output, [targets[row] for row in rows])
-            except Exception as error:  # the tail cannot run on its own, or its output
-                # does not fit the targets
-                return f"the part after the layer fails when run on its own: {error}", None
-        expected = expected_scores.to(scores.device)[rows]
-        tolerance = 1e-4 * (1.0 + float(expected.abs().max()))
-        if scores.shape != expected.shape or not torch.allclose(scores, expected, atol=tolerance):
-            problem = "the part after the layer, run on its own, does not reproduce the scores"
-            return problem, None
-        return None, scores[:batch]
-
 
 def _check_ratio(ratio: Any) -> None:
     if not isinstance(ratio, (int, float)) or not 0 < ratio <= 1:
         raise ValueError(
             f"ratio_channels_to_ablate must be in (0, 1], got {ratio!r}; 1.0 ablates every channel."
         )
-
-
-def channel_positions(
-    layer_output: torch.Tensor, channels: int, reshape_transform: ReshapeTransform | None
-) -> torch.Tensor:
-    """``C x P``: where each channel of the (reshaped) activations lies in one image's raw
-    layer output, found by passing element indices through ``reshape_transform``."""
-    raw = layer_output[:1]
-    index = torch.arange(raw.numel(), device=raw.device, dtype=torch.float64).view(raw.shape)
-    if reshape_transform is None:
-        return index.view(channels, -1).long()
-    mapped = reshape_transform(index)
-    is_index = mapped.shape[1] == channels and bool(
-        ((mapped >= 0) & (mapped < raw.numel()) & (mapped == mapped.round())).all()
-    )
-    if not is_index or not torch.equal(
-        reshape_transform(raw).float(), raw.reshape(-1)[mapped.long()].float()
-    ):
-        raise ValueError(
-            "AblationCAM needs a reshape_transform that only rearranges or drops elements "
-            "(reshape, permute, slicing), so that each channel can be traced back to the "
-            "layer's output and set to zero; this one computes new values."
-        )
-    return mapped[0].reshape(channels, -1).long()
 
 
 class _Ablation:

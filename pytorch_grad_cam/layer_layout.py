@@ -164,3 +164,36 @@ def _takes_image_size(function: Callable) -> bool:
         return "image_size" in inspect.signature(function).parameters
     except (TypeError, ValueError):  # a builtin without a signature
         return False
+
+
+def channel_positions(
+    layer_output: torch.Tensor,
+    channels: int,
+    reshape_transform: ReshapeTransform | None,
+    method: str = "AblationCAM",
+) -> torch.Tensor:
+    """``C x P``: where each element of one image's (reshaped) activations lies in its raw
+    layer output, as flat indices, found by passing element indices through
+    ``reshape_transform``: ``positions[c, p]`` is channel ``c`` at position ``p``.
+
+    Methods that change activations in the raw output (AblationCAM zeroes a channel,
+    ReciproCAM keeps a position) need a transform that only rearranges or drops elements;
+    another is a ValueError naming ``method``.
+    """
+    raw = layer_output[:1]
+    index = torch.arange(raw.numel(), device=raw.device, dtype=torch.float64).view(raw.shape)
+    if reshape_transform is None:
+        return index.view(channels, -1).long()
+    mapped = reshape_transform(index)
+    is_index = mapped.shape[1] == channels and bool(
+        ((mapped >= 0) & (mapped < raw.numel()) & (mapped == mapped.round())).all()
+    )
+    if not is_index or not torch.equal(
+        reshape_transform(raw).float(), raw.reshape(-1)[mapped.long()].float()
+    ):
+        raise ValueError(
+            f"{method} needs a reshape_transform that only rearranges or drops elements "
+            "(reshape, permute, slicing), so that each activation can be traced back to the "
+            "layer's output and changed there; this one computes new values."
+        )
+    return mapped[0].reshape(channels, -1).long()
