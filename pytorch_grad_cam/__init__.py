@@ -38,6 +38,7 @@ from pytorch_grad_cam.fullgrad import FullGrad
 from pytorch_grad_cam.grad_cam import GradCAM
 from pytorch_grad_cam.grad_cam_elementwise import GradCAMElementWise
 from pytorch_grad_cam.grad_cam_plusplus import GradCAMPlusPlus
+from pytorch_grad_cam.gscore_cam import GScoreCAM
 from pytorch_grad_cam.guided_backprop import GuidedBackpropReLUModel
 from pytorch_grad_cam.hirescam import HiResCAM
 from pytorch_grad_cam.is_cam import ISCAM
@@ -46,6 +47,7 @@ from pytorch_grad_cam.layer_cam import LayerCAM
 from pytorch_grad_cam.legrad import LeGrad
 from pytorch_grad_cam.original_cam import CAM
 from pytorch_grad_cam.random_cam import RandomCAM
+from pytorch_grad_cam.recipro_cam import ReciproCAM
 from pytorch_grad_cam.refine_cam import RefineCAM
 from pytorch_grad_cam.score_cam import ScoreCAM
 from pytorch_grad_cam.seg_eigen_cam import SegEigenCAM
@@ -76,6 +78,7 @@ __all__ = [
     "GradCAM",
     "GradCAMElementWise",
     "GradCAMPlusPlus",
+    "GScoreCAM",
     "GuidedBackpropReLUModel",
     "HiResCAM",
     "ISCAM",
@@ -83,6 +86,7 @@ __all__ = [
     "LayerCAM",
     "LeGrad",
     "RandomCAM",
+    "ReciproCAM",
     "RefineCAM",
     "ScoreCAM",
     "SegEigenCAM",
