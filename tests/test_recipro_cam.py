@@ -15,6 +15,7 @@ from helpers import (
     assert_same_state,
     resnet_in_training_mode,
     seeded,
+    sharp,
     snapshot,
 )
 from torch import nn
@@ -133,12 +134,12 @@ def test_residual_connection_spanning_the_target_layer():
     # is fed the recorded block input as well as the masked convolution output.
     model = double(lambda: torchvision.models.resnet18(weights=None, num_classes=10))
     layer = model.layer3[-1].conv1
-    x = torch.randn(1, 3, 64, 64, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    x = torch.randn(1, 3, 48, 48, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
     targets = [ClassifierOutputTarget(4)]
     maps, cam = recipro_map(model, layer, x, targets, batch_size=5)
     assert cam.tail_paths == [TAIL_PATH]
     expected = reference_map(
-        reference_scores(model, layer, x, targets, "gaussian", (4, 4)), x.shape[2:]
+        reference_scores(model, layer, x, targets, "gaussian", (3, 3)), x.shape[2:]
     )
     assert_maps_close(maps, expected)
 
@@ -178,6 +179,67 @@ def test_closed_form_on_a_gap_linear_model():
         cam = torch.einsum("bc,bchw->bhw", model.fc.weight[categories], model.features(x))
     expected = (cam - cam.flatten(1).min(dim=1).values[:, None, None]) / (12 * 10)
     assert_maps_close(maps, expected.float())
+
+
+def shifted(maps, offset):
+    """``maps`` (``B x *spatial``) moved by ``offset`` along each axis, zero-filled:
+    ``out[p] = maps[p + offset]`` where that lies inside."""
+    out = torch.zeros_like(maps)
+    inside_out = [slice(None)]
+    inside_in = [slice(None)]
+    for axis, step in enumerate(offset, start=1):
+        length = maps.shape[axis]
+        inside_out.append(slice(max(0, -step), length - max(0, step)))
+        inside_in.append(slice(max(0, step), length - max(0, -step)))
+    out[tuple(inside_out)] = maps[tuple(inside_in)]
+    return out
+
+
+@pytest.mark.parametrize("dims", [1, 3])
+@pytest.mark.parametrize("mask", ["gaussian", "position"])
+def test_closed_form_for_signals_and_volumes(dims, mask):
+    # GAP + linear again: keeping the Gaussian neighbourhood of p scores
+    # b_c + sum_q G(q - p) CAM(q) / P, the CAM smoothed by the kernel (zero outside).
+    torch.manual_seed(0)
+    model = GapLinearNet(dims=dims).double().eval()
+    sharp(model.fc, 100.0)  # position differences well above float32 scores' resolution
+    spatial = (11,) if dims == 1 else (4, 5, 3)
+    x = torch.randn(2, 3, *spatial, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    categories = [2, 0]
+    maps, _ = recipro_map(
+        model, model.features, x, [ClassifierOutputTarget(c) for c in categories], mask=mask
+    )
+    with torch.no_grad():
+        cam = torch.einsum("bc,bc...->b...", model.fc.weight[categories], model.features(x))
+    if mask == "gaussian":
+        axis = {-1: 0.25, 0: 0.5, 1: 0.25}
+        offsets = torch.cartesian_prod(*[torch.tensor([-1, 0, 1])] * dims).view(-1, dims)
+        cam = sum(
+            float(np.prod([axis[int(step)] for step in offset])) * shifted(cam, offset.tolist())
+            for offset in offsets
+        )
+    expected = cam - cam.flatten(1).min(dim=1).values.view(-1, *[1] * dims)
+    assert_maps_close(maps * float(np.prod(spatial)), expected.float())
+
+
+def test_several_layers_are_each_layers_map_scaled_resized_and_averaged():
+    model = double(SmallConvNet)
+    layers = [model.features[3], model.features[5]]  # both 6 x 5
+    x = torch.randn(2, 3, 12, 10, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    both = ReciproCAM(model, layers, batch_size=9)
+    combined = both(x, TARGETS2, as_tensor=True)
+    assert both.tail_paths == [TAIL_PATH, TAIL_PATH]
+    resized = [
+        resize_maps(
+            scale_to_unit_range(
+                reference_scores(model, layer, x, TARGETS2, "gaussian", (6, 5)).float()
+            ),
+            (12, 10),
+        )
+        for layer in layers
+    ]
+    expected = scale_to_unit_range(torch.stack(resized).mean(dim=0))
+    torch.testing.assert_close(combined, expected, rtol=0, atol=1e-5)
 
 
 # --------------------------------------------------------------------- 2. the paths
