@@ -219,7 +219,7 @@ def test_randomising_the_classifier_changes_the_map(photo_check):
     original, classifier = photo_check
     np.testing.assert_array_equal(original.correlation, [1.0, 1.0])
     # Adebayo et al.: the map must change when the classifier's weights are gone.
-    # Measured here (k = 12): Spearman 0.19 and 0.53; the whole cascade with the paper's
-    # k = 300 is in the README.
+    # Measured here (k = 12): Spearman 0.19 and 0.53; the whole cascade (k = 30) is
+    # printed by benchmarks/sanity_fast_methods.py.
     assert classifier.correlation.mean() < 0.5
     assert classifier.mean_absolute_difference.min() > 0.1

@@ -458,6 +458,6 @@ def test_randomising_the_classifier_destroys_the_map(photo):
     np.testing.assert_array_equal(original.correlation, [1.0, 1.0])
     # Adebayo et al.: the map must change when the learned weights are gone. (Measured:
     # Spearman -0.03 and 0.38 after the classifier, 0.65 and -0.01 after the head too;
-    # the whole cascade is in the README.)
+    # the whole cascade is printed by benchmarks/sanity_fast_methods.py.)
     assert classifier.correlation.max() < 0.5
     assert head.correlation.mean() < 0.5
