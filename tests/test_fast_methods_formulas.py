@@ -268,3 +268,12 @@ def test_both_methods_on_cnns_from_configs(factory):
         everything = GScoreCAM(model, [layer], topk=10_000, batch_size=16)
         expected = ScoreCAM(model, [layer], batch_size=16)(x, targets, as_tensor=True)
         assert torch.equal(everything(x, targets, as_tensor=True), expected)
+
+
+def test_the_command_line_offers_both_by_name():
+    from pytorch_grad_cam.cli import available_methods, resolve_method
+
+    assert available_methods()["reciprocam"] is ReciproCAM
+    assert available_methods()["gscorecam"] is GScoreCAM
+    assert resolve_method("Recipro-CAM") is ReciproCAM
+    assert resolve_method("gScore_CAM") is GScoreCAM
