@@ -23,8 +23,9 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = ROOT / "docs" / "results"
 #: (label, --target-category) for the columns.
 CLASSES = [("tiger cat", "tiger cat"), ("espresso", "espresso")]
-#: The rows: the seeds' methods in the README's order, and the original CAM (this model
-#: ends in global average pooling and one linear layer, so CAM applies exactly).
+#: The rows: the seeds' methods in the README's order, the original CAM (this model ends
+#: in global average pooling and one linear layer, so CAM applies exactly), and the fast
+#: perturbation methods.
 METHODS_SHOWN = [
     "gradcam",
     "hirescam",
@@ -37,8 +38,12 @@ METHODS_SHOWN = [
     "ablationcam",
     "scorecam",
     "cam",
+    "reciprocam",
+    "gscorecam",
 ]
 JPEG_QUALITY = 75
+#: The transformer methods' pictures, written by benchmarks/transformer_methods.py.
+TOY_VIT_PREFIX = "toy_vit_"
 #: The methods cam.py offers, by name.
 METHODS = available_methods()
 
@@ -82,8 +87,9 @@ def compute_pictures() -> dict[tuple[str, str], dict[str, np.ndarray]]:
 def main() -> None:
     pictures = compute_pictures()  # all of them first: a failed run leaves docs/ as it was
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    for old in RESULTS_DIR.glob("*.jpg"):  # the folder holds exactly the table's pictures
-        old.unlink()
+    for old in RESULTS_DIR.glob("*.jpg"):  # the table's pictures, not the toy ViT's
+        if not old.name.startswith(TOY_VIT_PREFIX):
+            old.unlink()
     header = "| Method | " + " | ".join(label for label, _ in CLASSES) + " |"
     rows = [header, "|---" * (len(CLASSES) + 1) + "|"]
     guided_cells = []
