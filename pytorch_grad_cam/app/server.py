@@ -92,7 +92,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-
 def configure_environment(root: Path) -> None:
     """Point the web framework at the app's folder and keep it offline: no analytics or
     version check, its uploads and cache inside ``root``. Call before importing it."""

@@ -28,7 +28,6 @@ from typing import Any, Callable, Union
 
 import numpy as np
 import torch
-import torchvision.transforms.functional as TF
 from torch import nn
 
 from pytorch_grad_cam.metrics.arguments import (
@@ -59,6 +58,9 @@ def gaussian_blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
     size = 2 * math.ceil(3 * sigma) + 1
     largest = 2 * min(images.shape[-2:]) - 1  # reflection padding must fit in the image
     size = min(size, largest if largest % 2 else largest - 1)
+    # Imported here: torchvision's import costs seconds, and only blurring needs it.
+    import torchvision.transforms.functional as TF
+
     return TF.gaussian_blur(images, kernel_size=[size, size], sigma=[sigma, sigma])
 
 

@@ -16,7 +16,6 @@ from typing import Any, Callable, Union
 
 import numpy as np
 import torch
-import torchvision
 
 Category = Union[int, torch.Tensor]
 #: A target: maps one image's model output to the score to explain.
@@ -198,7 +197,9 @@ class FasterRCNNBoxScoreTarget:
         total = torch.zeros(1, dtype=dtype, device=device)
         if boxes.numel() == 0 or self.labels.numel() == 0:
             return total
-        iou = torchvision.ops.box_iou(self.bounding_boxes, boxes.to(dtype))
+        from torchvision.ops import box_iou  # torchvision.ops loads torch._dynamo: seconds
+
+        iou = box_iou(self.bounding_boxes, boxes.to(dtype))
         best_iou, best = iou.max(dim=1)
         same_label = model_outputs["labels"].to(device)[best] == self.labels
         matched = (best_iou > self.iou_threshold) & same_label

@@ -12,11 +12,11 @@ image embedding). :func:`block_of` finds the block (the item of an ``nn.ModuleLi
 
 from __future__ import annotations
 
+import sys
 from typing import Any, Callable
 
 import torch
 from torch import nn
-from torchvision.models.vision_transformer import VisionTransformer
 
 #: A layer's tokens ``B x N x D`` -> what the targets score (as the model's output).
 LayerHead = Callable[[torch.Tensor], Any]
@@ -24,7 +24,9 @@ LayerHead = Callable[[torch.Tensor], Any]
 
 def find_layer_head(model: nn.Module) -> LayerHead | None:
     """The head of a recognised vision transformer, or ``None``."""
-    if isinstance(model, VisionTransformer):  # torchvision
+    # A torchvision ViT exists only once torchvision is imported: no import (seconds) here.
+    torchvision_vit = sys.modules.get("torchvision.models.vision_transformer")
+    if torchvision_vit is not None and isinstance(model, torchvision_vit.VisionTransformer):
         heads, encoder_norm = model.heads, model.encoder.ln
         return lambda tokens: heads(encoder_norm(tokens)[:, 0])
     forward_head, norm = getattr(model, "forward_head", None), _submodule(model, "norm")
