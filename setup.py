@@ -22,8 +22,11 @@ setup(
     long_description_content_type="text/markdown",
     license="MIT",
     packages=find_packages(include=["pytorch_grad_cam", "pytorch_grad_cam.*"]),
-    # The ImageNet class names and the example image, for cam.py from any install.
-    package_data={"pytorch_grad_cam": ["py.typed", "data/*.txt", "data/*.png"]},
+    # The ImageNet class names and the example image, for cam.py from any install; the
+    # tiny image folder that `gradcam explain-dataset` explains when given none.
+    package_data={
+        "pytorch_grad_cam": ["py.typed", "data/*.txt", "data/*.png", "data/tiny_images/*"]
+    },
     python_requires=">=3.9",
     install_requires=[
         "torch>=2.0",

@@ -1,0 +1,46 @@
+"""The default engine: a ``DataLoader`` on this machine, the model where it is.
+
+Each batch of the loader is one chunk of the store (a batch sampler over the chunks
+still to do), read and decoded by ``num_workers`` worker processes; its good samples
+go to the model's device as one tensor (pinned memory on CUDA), and its maps come back
+as one array, written by a background thread while the next batch runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from torch.utils.data import DataLoader
+
+from pytorch_grad_cam.batch.explainer import BatchExplainer
+from pytorch_grad_cam.batch.samples import ReaderDataset, SampleReader, collate
+from pytorch_grad_cam.batch.writer import BackgroundWriter
+
+#: Called with the number of samples explained so far in this run, after each batch.
+BatchCallback = Callable[[int], None]
+
+
+def run_local(
+    explainer: BatchExplainer,
+    reader: SampleReader,
+    chunks: Sequence[Sequence[int]],
+    writer: BackgroundWriter,
+    num_workers: int,
+    on_batch: BatchCallback,
+) -> None:
+    """Explain the rows of ``chunks`` (one batch each) and hand them to ``writer``."""
+    if not chunks:
+        return
+    loader = DataLoader(
+        ReaderDataset(reader),
+        batch_sampler=[list(rows) for rows in chunks],
+        num_workers=num_workers,
+        collate_fn=collate,
+        pin_memory=explainer.device.type == "cuda",
+        prefetch_factor=2 if num_workers else None,
+    )
+    done = 0
+    for batch in loader:
+        writer.add(explainer.explain(batch))
+        done += len(batch.rows)
+        on_batch(done)
