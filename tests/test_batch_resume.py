@@ -93,6 +93,7 @@ def test_a_killed_run_resumes_to_the_uninterrupted_store(tmp_path, job, signal_n
         env=environment,
         stderr=subprocess.PIPE,
         text=True,
+        start_new_session=True,  # its own process group, as a job started in a terminal
     )
     store = MapStore(out)
     deadline = time.monotonic() + 120
@@ -100,7 +101,7 @@ def test_a_killed_run_resumes_to_the_uninterrupted_store(tmp_path, job, signal_n
         assert process.poll() is None, process.stderr.read() if process.stderr else ""
         assert time.monotonic() < deadline, "the job did not start"
         time.sleep(0.02)
-    process.send_signal(signal_number)
+    os.killpg(process.pid, signal_number)  # Ctrl-C reaches the loader's workers too
     stderr = process.communicate(timeout=60)[1]
     assert process.returncode != 0
     if signal_number == signal.SIGINT:

@@ -7,6 +7,9 @@ store of the same job run another way.
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -260,3 +263,47 @@ def test_an_output_folder_with_other_files_or_a_missing_input_folder_is_refused(
     with pytest.raises(ValueError, match="dataset='.*nowhere': no such folder"):
         run(tiny_cnn(), str(tmp_path / "nowhere"), tmp_path / "out")
     assert (tmp_path / "busy" / "thesis.tex").read_text() == "keep me"
+
+
+def test_sixteen_bit_and_palette_files_are_explained_as_rgb(tmp_path):
+    from PIL import Image
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    rng = np.random.default_rng(2)
+    deep = rng.integers(0, 65536, (20, 30), dtype=np.uint16)
+    cv2.imwrite(str(folder / "deep.png"), deep)  # 16-bit grayscale
+    colours = rng.integers(0, 256, (20, 30, 3), dtype=np.uint8)
+    Image.fromarray(colours).quantize(colors=16).save(folder / "palette.png")  # mode P
+    model = tiny_cnn()
+    run(model, folder, tmp_path / "out")
+    maps, index = read_store(tmp_path / "out")
+    explainable = Explainable(None, [], [], mean=MEAN, std=STD, input_size=(SIZE, SIZE))
+    deep_rgb = np.repeat(deep[..., None].astype(np.float32) / 65535, 3, axis=2)
+    inputs = torch.cat(
+        [to_input_tensor(deep_rgb, explainable), model_input(folder / "palette.png")[None]]
+    )
+    expected, _ = reference(model, model[3], inputs)
+    assert index["id"] == ["deep.png", "palette.png"] and index["status"] == ["ok", "ok"]
+    np.testing.assert_allclose(maps.astype(np.float32), expected, atol=FLOAT16_ATOL)
+
+
+def test_the_readme_example_reads_a_store_back(tmp_path):
+    import re
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    (block,) = [b for b in re.findall(r"```python\n(.*?)```", readme, re.DOTALL) if "zarr" in b]
+    ids = write_image_folder(tmp_path / "images", count=3)
+    (tmp_path / "images" / ids[0]).write_bytes(b"broken")
+    model = tiny_cnn()
+    run(model, tmp_path / "images", tmp_path / "out")
+    code = block.replace('"OUT"', repr(str(tmp_path / "out")))
+    namespace: dict = {}
+    exec(code.replace('"IMAGES_DIR"', repr(str(tmp_path / "images"))), namespace)
+    assert namespace["failed"].id.tolist() == [ids[0]]
+    assert namespace["sample"].id == ids[1]
+    maps, _ = read_store(tmp_path / "out")
+    np.testing.assert_array_equal(
+        namespace["heatmap"].shape, cv2.imread(str(tmp_path / "images" / ids[1])).shape[:2]
+    )
+    assert namespace["overlay"].dtype == np.uint8 and maps[1].max() == 1.0
