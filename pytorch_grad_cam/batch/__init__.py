@@ -23,10 +23,11 @@ Reading a store back::
 from __future__ import annotations
 
 from pytorch_grad_cam.batch.images import IMAGE_EXTENSIONS
-from pytorch_grad_cam.batch.job import DatasetSummary, explain_dataset
+from pytorch_grad_cam.batch.job import explain_dataset
 from pytorch_grad_cam.batch.manifest import StoreMismatchError
 from pytorch_grad_cam.batch.ray_engine import RayOptions
 from pytorch_grad_cam.batch.store import INDEX, MANIFEST, MAPS, MAPS_ARRAY
+from pytorch_grad_cam.batch.summary import DatasetSummary
 
 __all__ = [
     "IMAGE_EXTENSIONS",

@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 
 from torch.utils.data import DataLoader
 
-from pytorch_grad_cam.batch.explainer import BatchExplainer
+from pytorch_grad_cam.batch.explainer import BatchExplainer, ExplainerSpec
 from pytorch_grad_cam.batch.samples import ReaderDataset, SampleReader, collate
 from pytorch_grad_cam.batch.writer import BackgroundWriter
 
@@ -21,6 +21,25 @@ BatchCallback = Callable[[int], None]
 
 
 def run_local(
+    spec: ExplainerSpec,
+    reader: SampleReader,
+    chunks: Sequence[Sequence[int]],
+    writer: BackgroundWriter,
+    num_workers: int,
+    on_batch: BatchCallback,
+) -> None:
+    """Explain the rows of ``chunks`` (one batch each) with ``spec``'s model where it is,
+    and hand them to ``writer``."""
+    if not chunks:
+        return
+    explainer = spec.build()
+    try:
+        _explain_batches(explainer, reader, chunks, writer, num_workers, on_batch)
+    finally:
+        explainer.close()
+
+
+def _explain_batches(
     explainer: BatchExplainer,
     reader: SampleReader,
     chunks: Sequence[Sequence[int]],
@@ -28,9 +47,6 @@ def run_local(
     num_workers: int,
     on_batch: BatchCallback,
 ) -> None:
-    """Explain the rows of ``chunks`` (one batch each) and hand them to ``writer``."""
-    if not chunks:
-        return
     loader = DataLoader(
         ReaderDataset(reader),
         batch_sampler=[list(rows) for rows in chunks],

@@ -102,8 +102,10 @@ def run_ray(
     if not chunks:
         return
     started = not ray.is_initialized()
-    if started:
-        ray.init(address=options.address, include_dashboard=False)
+    if started and options.address:
+        ray.init(address=options.address)
+    elif started:
+        ray.init(include_dashboard=False)  # a local cluster, for this run only
     context = ray.data.DataContext.get_current()
     saved = (context.execution_options.preserve_order, context.enable_progress_bars)
     try:

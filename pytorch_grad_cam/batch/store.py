@@ -119,7 +119,7 @@ class MapStore:
             if folder.exists():
                 shutil.rmtree(folder)
 
-    def create(self, manifest: dict[str, Any], metrics: Sequence[str]) -> None:
+    def create(self, manifest: dict[str, Any]) -> None:
         """Write the manifest, then the empty ``maps`` array of its layout."""
         layout = manifest["layout"]
         self.out.mkdir(parents=True, exist_ok=True)
@@ -157,6 +157,17 @@ class MapStore:
         matches = (_PART_NAME.fullmatch(path.name) for path in self.parts_path.iterdir())
         return {int(match.group(1)) for match in matches if match}
 
+    def pending_chunks(self, layout: dict[str, Any]) -> list[range]:
+        """The rows of each chunk still to do, in order (a chunk is done once its part
+        is committed)."""
+        samples, chunk_rows = layout["samples"], layout["chunk_rows"]
+        done = self.committed_chunks()
+        return [
+            range(start, min(start + chunk_rows, samples))
+            for start in range(0, samples, chunk_rows)
+            if start // chunk_rows not in done
+        ]
+
     def remove_unfinished_commits(self) -> None:
         """Delete the temporary files of commits that a killed run did not finish."""
         for folder in (self.out, self.parts_path):
@@ -177,8 +188,14 @@ class MapStore:
         """Where chunk ``chunk``'s part of the index goes."""
         return self.parts_path / f"chunk-{chunk:08d}.parquet"
 
-    def compact(self, chunks: int, schema: pa.Schema) -> pa.Table:
-        """Join the ``chunks`` parts into ``index.parquet``, then remove them."""
+    def finish(self, layout: dict[str, Any], metrics: Sequence[str]) -> pa.Table:
+        """Join the parts into ``index.parquet``, then remove them; every chunk must be
+        committed."""
+        chunks = -(-layout["samples"] // layout["chunk_rows"])
+        missing = sorted(set(range(chunks)) - self.committed_chunks())
+        if missing:
+            raise RuntimeError(f"chunks {missing[:10]} were not written; run again to resume")
+        schema = index_schema(metrics)
         tables = [pq.read_table(self.part_path(chunk), schema=schema) for chunk in range(chunks)]
         index = pa.concat_tables(tables) if tables else schema.empty_table()
         sink = pa.BufferOutputStream()

@@ -39,7 +39,7 @@ class ChunkWriter:
         maps: its ``maps`` array.
         ids: every sample's id, in row order.
         method: the method's name, for the index.
-        layer: the target layers' names, for the index.
+        layers: the target layers' names, for the index (joined by commas).
         metrics: the metric names computed (their columns are written).
     """
 
@@ -49,14 +49,14 @@ class ChunkWriter:
         maps: zarr.Array,
         ids: Sequence[str],
         method: str,
-        layer: str,
+        layers: Sequence[str],
         metrics: Sequence[str],
     ) -> None:
         self.store = store
         self.maps = maps
         self.ids = ids
         self.method = method
-        self.layer = layer
+        self.layer = ",".join(layers)
         self.metric_columns = [METRICS[name] for name in metrics]
         self.schema = index_schema(metrics)
         self.chunk_rows = maps.chunks[0]
