@@ -1,7 +1,7 @@
 """Throughput and memory of ``explain_dataset`` next to plain batched inference.
 
     python benchmarks/batch_job.py [--images 1000] [--batch-size 32] [--workers 2]
-                                   [--breakdown] [--no-ray]
+                                   [--rounds 1] [--breakdown] [--no-ray]
 
 A folder of JPEG images (224 px crops of the shipped photo, shifted and noised) is
 explained with GradCAM on a random-weight resnet50 (``layer4[-1]``) by the local
@@ -9,8 +9,11 @@ engine, and the same images go through a plain ``torch.no_grad()`` forward loop 
 the same ``DataLoader`` (same reader, batch sampler, workers). Printed: both
 throughputs and their ratio (goal: at least 0.8), the main process's RSS after 100
 images and at the end (goal: within 100 MB), and the Ray engine with 2 CPU actors on a
-local cluster of 2 CPUs. ``--breakdown`` also times the GradCAM calls alone over the
-same loader (no store), to split the job's cost into the CAM and the rest.
+local cluster of 2 CPUs. ``--breakdown`` also times, per batch and back to back, a plain
+forward, the job's device work and its store write, which a changing load hits alike;
+it splits the job's cost into the CAM and the rest. On a shared
+machine the load changes during a run: ``--rounds N`` alternates the loops N times and
+the best round of each is compared.
 """
 
 from __future__ import annotations
@@ -31,8 +34,13 @@ from torch.utils.data import DataLoader
 
 from pytorch_grad_cam import GradCAM
 from pytorch_grad_cam.batch import RayOptions, explain_dataset
-from pytorch_grad_cam.batch.samples import ReaderDataset, SampleReader, collate
+from pytorch_grad_cam.batch.explainer import ExplainerSpec
+from pytorch_grad_cam.batch.local_engine import make_loader
+from pytorch_grad_cam.batch.manifest import FORMAT
+from pytorch_grad_cam.batch.samples import SampleReader
 from pytorch_grad_cam.batch.sources import FolderSource
+from pytorch_grad_cam.batch.store import MapStore
+from pytorch_grad_cam.batch.writer import ChunkWriter
 from pytorch_grad_cam.cli import EXAMPLE_IMAGE, IMAGENET_MEAN, IMAGENET_STD
 
 SIZE = 224
@@ -43,6 +51,25 @@ def rss_mb() -> float:
     with open("/proc/self/statm") as handle:
         pages = int(handle.read().split()[1])
     return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def describe_breakdown(seconds: dict[str, float], images: int) -> str:
+    """The side-by-side timings as ms per image and ratios to the plain forward."""
+    plain, explain, write = (1000 * seconds[key] / images for key in ("plain", "explain", "write"))
+    return (
+        f"side by side per batch: plain forward {plain:.1f} ms/image; the job's device work "
+        f"{explain:.1f} ms/image ({plain / explain:.2f} x the forward's throughput); store "
+        f"write {write:.1f} ms/image (in a background thread in the job)"
+    )
+
+
+def describe_memory(memory: list[tuple[int, float]]) -> str:
+    """RSS after about 100 images, halfway and at the end, and the growth since 100."""
+    first = next((entry for entry in memory if entry[0] >= 100), memory[0])
+    middle = next(entry for entry in memory if entry[0] >= memory[-1][0] // 2)
+    last = memory[-1]
+    points = ", ".join(f"{rss:.0f} MB after {done}" for done, rss in (first, middle, last))
+    return f"{points}: {last[1] - first[1]:+.0f} MB"
 
 
 def make_folder(folder: Path, count: int) -> None:
@@ -61,14 +88,12 @@ def make_folder(folder: Path, count: int) -> None:
 
 
 def loader_for(folder: Path, batch_size: int, workers: int) -> DataLoader:
-    """The local engine's DataLoader over the folder: same reader, sampler and collate."""
+    """The local engine's own DataLoader over the folder (``make_loader``)."""
     source = FolderSource(folder)
     reader = SampleReader(source, (SIZE, SIZE), IMAGENET_MEAN, IMAGENET_STD)
     rows = range(len(source))
-    batches = [list(rows[start : start + batch_size]) for start in rows[::batch_size]]
-    return DataLoader(
-        ReaderDataset(reader), batch_sampler=batches, num_workers=workers, collate_fn=collate
-    )
+    chunks = [rows[start : start + batch_size] for start in rows[::batch_size]]
+    return make_loader(reader, chunks, workers, pin_memory=False)
 
 
 def timed(function: Callable[[], object]) -> float:
@@ -85,11 +110,38 @@ def plain_inference(model: torch.nn.Module, loader: DataLoader) -> None:
             model(batch.images)
 
 
-def cam_calls(model: torch.nn.Module, loader: DataLoader) -> None:
-    """GradCAM over the loader, maps kept on the device and dropped: no store."""
-    with GradCAM(model, [model.layer4[-1]]) as cam:
-        for batch in loader:
-            cam(batch.images, as_tensor=True)
+def side_by_side(
+    model: torch.nn.Module, loader: DataLoader, batch_size: int, out: Path
+) -> dict[str, float]:
+    """Per batch of the loader, back to back on the same images (so that a changing load
+    hits all alike; the order alternates): a plain ``no_grad`` forward, the job's device
+    work (``BatchExplainer.explain``: GradCAM, scores, one host copy) and its store write
+    (``ChunkWriter.add``: zarr chunk and index part). Seconds of each, summed."""
+    spec = ExplainerSpec(model, GradCAM, ["layer4.2"], map_size=(SIZE, SIZE))
+    store = MapStore(out)
+    count = len(loader.dataset)  # type: ignore[arg-type]
+    layout = {"samples": count, "chunk_rows": batch_size, "map_size": [SIZE, SIZE],
+              "dtype": "float16"}  # fmt: skip
+    store.create({"format": FORMAT, "job": {}, "layout": layout})
+    ids = [str(row) for row in range(count)]
+    writer = ChunkWriter(store, store.open_maps(layout), ids, "GradCAM", ["layer4.2"], [])
+    explainer = spec.build()
+    seconds = {"plain": 0.0, "explain": 0.0, "write": 0.0}
+    for number, batch in enumerate(loader):
+        steps = ["plain", "explain"] if number % 2 == 0 else ["explain", "plain"]
+        for step in steps:
+            start = time.perf_counter()
+            if step == "plain":
+                with torch.no_grad():
+                    model(batch.images)
+            else:
+                result = explainer.explain(batch)
+            seconds[step] += time.perf_counter() - start
+        start = time.perf_counter()
+        writer.add(result)
+        seconds["write"] += time.perf_counter() - start
+    explainer.close()
+    return seconds
 
 
 def main() -> None:
@@ -99,7 +151,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=1, help="alternate the loops N times")
-    parser.add_argument("--breakdown", action="store_true", help="also time GradCAM alone")
+    parser.add_argument("--breakdown", action="store_true", help="also time per batch")
     parser.add_argument("--no-ray", action="store_true", help="skip the Ray engine")
     args = parser.parse_args()
 
@@ -117,35 +169,43 @@ def main() -> None:
         with torch.no_grad():  # warm-up: first calls allocate
             model(torch.zeros(args.batch_size, 3, SIZE, SIZE))
 
-        memory: dict[str, float] = {}
+        memory: list[tuple[int, float]] = []  # (images done, RSS MB) after each batch
 
         def record(done: int) -> None:
-            if done >= min(100, args.images) and "first" not in memory:
-                memory["first"], memory["first_at"] = rss_mb(), done
-            memory["last"], memory["last_at"] = rss_mb(), done
+            memory.append((done, rss_mb()))
 
-        plain_rates, job_rates, cam_rates = [], [], []
+        plain_rates: list[float] = []
+        job_rates: list[float] = []
+        breakdowns: list[dict[str, float]] = []
         for round_number in range(args.rounds):
-            plain = timed(lambda: plain_inference(model, loader))
-            plain_rates.append(args.images / plain)
             memory.clear()
             out = work / f"local-{round_number}"
-            local = explain_dataset(
-                model, work / "images", out, GradCAM, [model.layer4[-1]],
-                image_size=SIZE, mean=IMAGENET_MEAN, std=IMAGENET_STD,
-                batch_size=args.batch_size, num_workers=args.workers, progress=False,
-                on_batch=record,
-            )  # fmt: skip
+
+            def plain_loop() -> None:
+                plain_rates.append(args.images / timed(lambda: plain_inference(model, loader)))
+
+            def job(out: Path = out) -> None:
+                local = explain_dataset(
+                    model, work / "images", out, GradCAM, [model.layer4[-1]],
+                    image_size=SIZE, mean=IMAGENET_MEAN, std=IMAGENET_STD,
+                    batch_size=args.batch_size, num_workers=args.workers, progress=False,
+                    on_batch=record,
+                )  # fmt: skip
+                job_rates.append(local.images_per_second)
+
+            # Every other round the other way round: a load that changes favours neither.
+            for step in (plain_loop, job) if round_number % 2 == 0 else (job, plain_loop):
+                step()
             shutil.rmtree(out)
-            job_rates.append(local.images_per_second)
             line = (
                 f"round {round_number + 1}: plain no_grad loop {plain_rates[-1]:6.2f} images/s, "
                 f"explain_dataset {job_rates[-1]:6.2f} images/s"
             )
+            print(line + f"; RSS {describe_memory(memory)}")
             if args.breakdown:
-                cam_rates.append(args.images / timed(lambda: cam_calls(model, loader)))
-                line += f", GradCAM calls alone (no store) {cam_rates[-1]:6.2f} images/s"
-            print(line + f"; RSS {memory['first']:.0f} -> {memory['last']:.0f} MB")
+                parts = side_by_side(model, loader, args.batch_size, work / f"parts-{round_number}")
+                breakdowns.append(parts)
+                print("  " + describe_breakdown(parts, args.images))
 
         plain_rate, job_rate = max(plain_rates), max(job_rates)
         print(f"plain no_grad inference loop      {plain_rate:7.2f} images/s  (best round)")
@@ -153,16 +213,14 @@ def main() -> None:
             f"explain_dataset, local, GradCAM   {job_rate:7.2f} images/s  (best round)  "
             f"ratio {job_rate / plain_rate:.2f} x the plain loop (goal >= 0.8)"
         )
-        if cam_rates:
+        if breakdowns:
+            ratios = sorted(parts["plain"] / parts["explain"] for parts in breakdowns)
             print(
-                f"  GradCAM calls alone, no store   {max(cam_rates):7.2f} images/s  "
-                f"ratio {max(cam_rates) / plain_rate:.2f}"
+                f"side by side per batch (median of {len(ratios)} rounds): plain forward / the "
+                f"job's device work = {ratios[len(ratios) // 2]:.2f}"
             )
-        print(
-            f"RSS of the main process (last round) after {memory['first_at']} images "
-            f"{memory['first']:.0f} MB, after {memory['last_at']}: {memory['last']:.0f} MB, "
-            f"growth {memory['last'] - memory['first']:+.0f} MB (goal within 100 MB)"
-        )
+        print(f"RSS of the main process, last round: {describe_memory(memory)} (goal: the last")
+        print("  within 100 MB of the one after 100 images)")
         if not args.no_ray:
             run_ray(model, work, args, job_rate)
     finally:

@@ -3,16 +3,20 @@
 Each batch of the loader is one chunk of the store (a batch sampler over the chunks
 still to do), read and decoded by ``num_workers`` worker processes; its good samples
 go to the model's device as one tensor (pinned memory on CUDA), and its maps come back
-as one array, written by a background thread while the next batch runs.
+as one array, written by a background thread while the next batch runs. Freed host
+memory is handed back after each batch (``release_freed_memory``), so that the resident
+memory stays flat.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+import cv2
 from torch.utils.data import DataLoader
 
 from pytorch_grad_cam.batch.explainer import BatchExplainer, ExplainerSpec
+from pytorch_grad_cam.batch.memory import release_freed_memory
 from pytorch_grad_cam.batch.samples import ReaderDataset, SampleReader, collate
 from pytorch_grad_cam.batch.writer import BackgroundWriter
 
@@ -39,6 +43,22 @@ def run_local(
         explainer.close()
 
 
+def make_loader(
+    reader: SampleReader, chunks: Sequence[Sequence[int]], num_workers: int, pin_memory: bool
+) -> DataLoader:
+    """The engine's ``DataLoader``: one ``LoadedBatch`` per chunk of rows, read by
+    ``num_workers`` processes (0: in this one)."""
+    return DataLoader(
+        ReaderDataset(reader),
+        batch_sampler=[list(rows) for rows in chunks],
+        num_workers=num_workers,
+        collate_fn=collate,
+        pin_memory=pin_memory,
+        prefetch_factor=2 if num_workers else None,
+        worker_init_fn=_one_opencv_thread,
+    )
+
+
 def _explain_batches(
     explainer: BatchExplainer,
     reader: SampleReader,
@@ -47,16 +67,17 @@ def _explain_batches(
     num_workers: int,
     on_batch: BatchCallback,
 ) -> None:
-    loader = DataLoader(
-        ReaderDataset(reader),
-        batch_sampler=[list(rows) for rows in chunks],
-        num_workers=num_workers,
-        collate_fn=collate,
-        pin_memory=explainer.device.type == "cuda",
-        prefetch_factor=2 if num_workers else None,
-    )
+    loader = make_loader(reader, chunks, num_workers, explainer.device.type == "cuda")
     done = 0
     for batch in loader:
         writer.add(explainer.explain(batch))
         done += len(batch.rows)
+        del batch  # freed before the allocator is trimmed
+        release_freed_memory()
         on_batch(done)
+
+
+def _one_opencv_thread(worker_id: int) -> None:
+    """In a loader worker: OpenCV resizes on one thread (torch sets its own to one), so
+    that the workers do not crowd the cores the model runs on."""
+    cv2.setNumThreads(1)

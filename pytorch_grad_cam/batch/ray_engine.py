@@ -27,6 +27,7 @@ import torch
 from pytorch_grad_cam.base_cam import model_device
 from pytorch_grad_cam.batch.explainer import BatchResult, ExplainerSpec
 from pytorch_grad_cam.batch.local_engine import BatchCallback
+from pytorch_grad_cam.batch.memory import release_freed_memory
 from pytorch_grad_cam.batch.samples import SampleReader, collate
 from pytorch_grad_cam.batch.writer import BackgroundWriter
 
@@ -85,7 +86,10 @@ class CamActor:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Explain the batch's rows; the columns of ``BatchResult.to_columns``."""
         samples = list(self.decoders.map(self.reader.read, batch["row"].tolist()))
-        return self.explainer.explain(collate(samples)).to_columns()
+        columns = self.explainer.explain(collate(samples)).to_columns()
+        del samples
+        release_freed_memory()
+        return columns
 
 
 def run_ray(
@@ -103,7 +107,14 @@ def run_ray(
         return
     started = not ray.is_initialized()
     if started and options.address:
-        ray.init(address=options.address)
+        try:
+            ray.init(address=options.address)
+        except ConnectionError as error:
+            raise ConnectionError(
+                f"ray_options.address={options.address!r}: cannot connect ({error}); start "
+                "the cluster with `ray start --head` and pass the address it prints, or "
+                "leave the address out for a local cluster"
+            ) from error
     elif started:
         ray.init(include_dashboard=False)  # a local cluster, for this run only
     context = ray.data.DataContext.get_current()
@@ -134,6 +145,8 @@ def run_ray(
             result = BatchResult.from_columns(columns)
             writer.add(result)
             done += len(result.rows)
+            del columns, result
+            release_freed_memory()
             on_batch(done)
     finally:
         context.execution_options.preserve_order, context.enable_progress_bars = saved
