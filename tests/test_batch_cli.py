@@ -134,6 +134,18 @@ def test_errors_are_one_line_with_status_2(tmp_path, capsys, arguments, message)
     assert not (tmp_path / "out").exists()
 
 
+def test_a_folder_without_images_is_an_error(tmp_path, capsys):
+    (tmp_path / "texts").mkdir()
+    (tmp_path / "texts" / "a.txt").write_text("")
+    arguments = ["--model", "resnet18", "--random-weights"]
+    assert explain_dataset(str(tmp_path / "texts"), "--out", str(tmp_path / "out"), *arguments) == 2
+    assert error_line(capsys) == (
+        f"gradcam explain-dataset: error: IMAGES_DIR '{tmp_path / 'texts'}': no image files "
+        "under it (1 other files); images are found by their ending: .bmp, .gif, .jpeg, "
+        ".jpg, .pbm, .pgm, .png, .ppm, .tif, .tiff, .webp"
+    )
+
+
 def test_bad_labels_file_and_an_out_file_in_the_way(tmp_path, capsys):
     labels = tmp_path / "labels.csv"
     labels.write_text("id,label\ncat.jpg,tabby\n")
@@ -159,3 +171,19 @@ def test_ctrl_c_stops_with_status_130_and_says_how_to_continue(tmp_path, capsys,
         "gradcam explain-dataset: interrupted; the finished batches are stored: run the same "
         "command again to continue"
     )
+
+
+def test_ray_is_imported_only_when_its_engine_runs():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, pytorch_grad_cam, pytorch_grad_cam.batch, pytorch_grad_cam.batch.command; "
+        "print(sorted(name for name in ('ray', 'gradio') if name in sys.modules))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+        cwd=command.EXAMPLE_FOLDER.parents[2],
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"

@@ -45,6 +45,8 @@ _FLAGS = {
     "targets=": "--target-category ",
     "dataset=": "IMAGES_DIR ",
     "out=": "--out ",
+    "ray_options.address=": "--ray-address ",
+    "engine=": "--engine ",
 }
 
 
@@ -224,7 +226,7 @@ def run(args: argparse.Namespace) -> None:
         raise CommandLineError(
             f"{_as_flags(str(error))}; pass another --out, or --overwrite to start again"
         ) from error
-    except (ValueError, TypeError, ImportError) as error:
+    except (ValueError, TypeError, ImportError, ConnectionError) as error:
         raise CommandLineError(_as_flags(str(error))) from error
     print(summary)
 

@@ -26,7 +26,7 @@ from typing import Any
 
 from torch.utils.data import Dataset, IterableDataset
 
-from pytorch_grad_cam.batch.images import is_image_file
+from pytorch_grad_cam.batch.images import IMAGE_EXTENSIONS, is_image_file
 
 
 class SampleSource:
@@ -68,6 +68,12 @@ class FolderSource(SampleSource):
             what = "no such folder" if not self.root.exists() else "not a folder"
             raise ValueError(f"dataset={str(root)!r}: {what}; pass a folder of images")
         images, skipped = scan_image_folder(self.root)
+        if not images:
+            endings = ", ".join(sorted(IMAGE_EXTENSIONS))
+            raise ValueError(
+                f"dataset={str(root)!r}: no image files under it ({skipped} other files); "
+                f"images are found by their ending: {endings}"
+            )
         self.ids = images
         self.skipped_files = skipped
         self.labels = dict(labels) if labels is not None else None
