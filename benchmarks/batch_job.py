@@ -144,8 +144,8 @@ def side_by_side(
     return seconds
 
 
-def main() -> None:
-    """Run the benchmark and print its figures."""
+def parse_arguments() -> argparse.Namespace:
+    """The benchmark's options (see the module's docstring)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=int, default=1000)
     parser.add_argument("--batch-size", type=int, default=32)
@@ -153,8 +153,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=1, help="alternate the loops N times")
     parser.add_argument("--breakdown", action="store_true", help="also time per batch")
     parser.add_argument("--no-ray", action="store_true", help="skip the Ray engine")
-    args = parser.parse_args()
+    return parser.parse_args()
 
+
+def main() -> None:
+    """Run the benchmark and print its figures."""
+    args = parse_arguments()
     torch.manual_seed(0)
     model = torchvision.models.resnet50(weights=None).eval()
     work = Path(tempfile.mkdtemp(prefix="gradcam-batch-bench-"))

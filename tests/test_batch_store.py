@@ -307,3 +307,32 @@ def test_the_readme_example_reads_a_store_back(tmp_path):
         namespace["heatmap"].shape, cv2.imread(str(tmp_path / "images" / ids[1])).shape[:2]
     )
     assert namespace["overlay"].dtype == np.uint8 and maps[1].max() == 1.0
+
+
+def test_the_manifest_names_the_job_and_hashes_the_weights(tmp_path):
+    import hashlib
+    import json
+
+    import pytorch_grad_cam
+
+    ids = write_image_folder(tmp_path / "images", count=3)
+    model = tiny_cnn()
+    run(model, tmp_path / "images", tmp_path / "out", batch_size=2, model_name="tiny")
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    job = manifest["job"]
+    digest = hashlib.sha256()  # the state dict, entry by entry, computed here again
+    for name, tensor in model.state_dict().items():
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    ids_digest = hashlib.sha256(b"".join(i.encode() + b"\0" for i in ids)).hexdigest()
+    assert (job["library"], job["library_version"]) == ("gradcam", pytorch_grad_cam.__version__)
+    assert (job["method"], job["model"], job["layers"]) == ("GradCAM", "tiny", ["3"])
+    assert (job["weights_sha256"], job["ids_sha256"]) == (digest.hexdigest(), ids_digest)
+    assert (job["targets"], job["dtype"], job["metrics"]) == ("top", "float16", None)
+    assert manifest["layout"] == {
+        **manifest["layout"],
+        "samples": 3,
+        "chunk_rows": 2,
+        "map_size": [SIZE, SIZE],
+        "num_classes": 5,
+    }

@@ -17,14 +17,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from pytorch_grad_cam.base_cam import BaseCAM, Target, model_device
+from pytorch_grad_cam.base_cam import BaseCAM
 from pytorch_grad_cam.batch.samples import LoadedBatch
 from pytorch_grad_cam.metrics import DeletionCurve, InsertionCurve
 from pytorch_grad_cam.utils.find_layers import get_layer
 from pytorch_grad_cam.utils.model_outputs import select_output
+from pytorch_grad_cam.utils.model_state import model_device
 from pytorch_grad_cam.utils.model_targets import (
     ClassifierOutputSoftmaxTarget,
     ClassifierOutputTarget,
+    Target,
 )
 
 #: What to explain: each image's top class, a fixed class index, or the sample's label.

@@ -35,11 +35,10 @@ from pytorch_grad_cam.batch.sources import SampleSource, make_source
 from pytorch_grad_cam.batch.store import MapStore
 from pytorch_grad_cam.batch.summary import DatasetSummary, summarize
 from pytorch_grad_cam.batch.writer import BackgroundWriter, ChunkWriter
+from pytorch_grad_cam.cli.explainable import IMAGENET_MEAN, IMAGENET_STD
 from pytorch_grad_cam.grad_cam import GradCAM
 from pytorch_grad_cam.utils.find_layers import suggest_target_layers
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 DEFAULT_BATCH_SIZE = 32
 ENGINES = ("local", "ray")
 
@@ -167,14 +166,16 @@ def explain_dataset(
         store, store.open_maps(layout), source.ids, method.__name__, spec.layer_names, metrics
     )
     todo = sum(len(rows) for rows in chunks)
-    with _Progress(len(source), len(source) - todo, progress, on_batch) as counter:
-        with BackgroundWriter(writer) as background:
-            if engine == "ray":
-                options = ray_options or RayOptions()
-                chunk_rows = layout["chunk_rows"]
-                run_ray(spec, reader, chunks, chunk_rows, background, options, counter.update)
-            else:
-                run_local(spec, reader, chunks, background, num_workers, counter.update)
+    with (
+        _Progress(len(source), len(source) - todo, progress, on_batch) as counter,
+        BackgroundWriter(writer) as background,
+    ):
+        if engine == "ray":
+            options = ray_options or RayOptions()
+            chunk_rows = layout["chunk_rows"]
+            run_ray(spec, reader, chunks, chunk_rows, background, options, counter.update)
+        else:
+            run_local(spec, reader, chunks, background, num_workers, counter.update)
     store.finish(layout, metrics)
     seconds = time.perf_counter() - started
     return summarize(store, layout, source.skipped_files, counter.explained, seconds)

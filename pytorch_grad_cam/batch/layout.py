@@ -12,9 +12,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from pytorch_grad_cam.base_cam import model_device, model_in_eval_mode
 from pytorch_grad_cam.batch.samples import SampleReader
 from pytorch_grad_cam.utils.model_outputs import OutputSelector, select_output
+from pytorch_grad_cam.utils.model_state import model_device, model_in_eval_mode
 
 
 def probe_layout(

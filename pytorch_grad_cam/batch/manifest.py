@@ -72,6 +72,12 @@ def describe(value: Any) -> Any:
         data = value.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8)
         sha = hashlib.sha256(data.numpy().tobytes()).hexdigest()[:16]
         return f"tensor {list(value.shape)} {value.dtype} sha256:{sha}"
+    return describe_object(value)
+
+
+def describe_object(value: Any) -> Any:
+    """A class or function by qualified name; another object by its class and its public
+    attributes (described in turn)."""
     if inspect.isclass(value) or inspect.isroutine(value):
         return f"{value.__module__}.{value.__qualname__}"
     attributes = (

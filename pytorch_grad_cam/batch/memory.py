@@ -21,7 +21,7 @@ from typing import Any
 
 @functools.lru_cache(maxsize=1)
 def _malloc_trim() -> Any:
-    """glibc's ``malloc_trim``, or ``None`` where there is none."""
+    """The C library's ``malloc_trim`` (glibc), or ``None`` where there is none."""
     name = ctypes.util.find_library("c")
     if name is None:
         return None

@@ -24,12 +24,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from pytorch_grad_cam.base_cam import model_device
 from pytorch_grad_cam.batch.explainer import BatchResult, ExplainerSpec
 from pytorch_grad_cam.batch.local_engine import BatchCallback
 from pytorch_grad_cam.batch.memory import release_freed_memory
 from pytorch_grad_cam.batch.samples import SampleReader, collate
 from pytorch_grad_cam.batch.writer import BackgroundWriter
+from pytorch_grad_cam.utils.model_state import model_device
 
 
 @dataclass

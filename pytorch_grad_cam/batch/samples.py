@@ -151,10 +151,7 @@ class LoadedBatch:
 def collate(samples: Sequence[Sample]) -> LoadedBatch:
     """Stack the loaded samples of a batch; failed ones keep only their error."""
     loaded = [sample for sample in samples if sample.image is not None]
-    if loaded:
-        images = torch.stack([sample.image for sample in loaded])  # type: ignore[misc]
-    else:
-        images = torch.empty(0)
+    images = torch.stack([sample.image for sample in loaded]) if loaded else torch.empty(0)  # type: ignore[misc]
     with_labels = [sample.label for sample in loaded if sample.label is not None]
     labels = None
     if loaded and len(with_labels) == len(loaded):
