@@ -45,9 +45,13 @@ def test_folder_maps_equal_the_per_image_api_and_the_index_the_model(tmp_path, n
     model = tiny_cnn()
     model.train()  # the job runs in eval mode and gives the flag back
     before = {name: value.clone() for name, value in model.state_dict().items()}
+    # Workers from a fork server: earlier tests in this process (the app's) leave threads
+    # running, and a worker forked while one of them holds a lock can wait forever.
+    context = "forkserver" if num_workers else None
     summary = run(
-        model, tmp_path / "images", tmp_path / "out", batch_size=3, num_workers=num_workers
-    )
+        model, tmp_path / "images", tmp_path / "out", batch_size=3, num_workers=num_workers,
+        multiprocessing_context=context,
+    )  # fmt: skip
     assert model.training and all(p.grad is None and p.requires_grad for p in model.parameters())
     assert all(torch.equal(before[name], value) for name, value in model.state_dict().items())
     model.eval()
@@ -336,3 +340,27 @@ def test_the_manifest_names_the_job_and_hashes_the_weights(tmp_path):
         "map_size": [SIZE, SIZE],
         "num_classes": 5,
     }
+
+
+
+def test_workers_from_a_fork_server_while_another_thread_holds_a_lock(tmp_path):
+    import threading
+
+    write_image_folder(tmp_path / "images", count=4)
+    model = tiny_cnn()
+    run(model, tmp_path / "images", tmp_path / "plain", batch_size=2)
+    lock, release = threading.Lock(), threading.Event()
+    holder = threading.Thread(target=lambda: (lock.acquire(), release.wait(), lock.release()))
+    holder.start()  # a thread that holds a lock, as a web server's may
+    try:
+        run(
+            model, tmp_path / "images", tmp_path / "workers", batch_size=2, num_workers=2,
+            multiprocessing_context="forkserver",
+        )  # fmt: skip
+    finally:
+        release.set()
+        holder.join()
+    maps, index = read_store(tmp_path / "workers")
+    plain_maps, plain_index = read_store(tmp_path / "plain")
+    np.testing.assert_array_equal(maps, plain_maps)
+    assert index == plain_index and index["status"] == ["ok"] * 4

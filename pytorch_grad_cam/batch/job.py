@@ -60,6 +60,7 @@ def explain_dataset(
     std: Sequence[float] = IMAGENET_STD,
     batch_size: int | None = None,
     num_workers: int = 2,
+    multiprocessing_context: str | None = None,
     dtype: str = "float16",
     metrics: Sequence[str] = (),
     metric_steps: int = 20,
@@ -98,6 +99,10 @@ def explain_dataset(
         batch_size: images per batch and rows per chunk of ``maps`` (default 32, or the
             store's when resuming; another value than the store's is an error).
         num_workers: ``DataLoader`` worker processes that read the images.
+        multiprocessing_context: how they start (``DataLoader``'s argument): default
+            the platform's (``fork`` on Linux); ``"forkserver"`` or ``"spawn"`` when the
+            calling process runs threads that may hold locks (a web server), which a
+            forked worker would wait on forever. The dataset is then pickled.
         dtype: ``"float16"`` or ``"uint8"`` (``round(255 * map)``).
         metrics: any of ``"deletion"``, ``"insertion"``: the RISE curves' AUC per image
             (``deletion_auc``, ``insertion_auc`` columns).
@@ -175,7 +180,10 @@ def explain_dataset(
             chunk_rows = layout["chunk_rows"]
             run_ray(spec, reader, chunks, chunk_rows, background, options, counter.update)
         else:
-            run_local(spec, reader, chunks, background, num_workers, counter.update)
+            run_local(
+                spec, reader, chunks, background, num_workers, counter.update,
+                multiprocessing_context,
+            )  # fmt: skip
     store.finish(layout, metrics)
     seconds = time.perf_counter() - started
     return summarize(store, layout, source.skipped_files, counter.explained, seconds)

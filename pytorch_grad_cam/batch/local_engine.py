@@ -31,20 +31,29 @@ def run_local(
     writer: BackgroundWriter,
     num_workers: int,
     on_batch: BatchCallback,
+    multiprocessing_context: str | None = None,
 ) -> None:
     """Explain the rows of ``chunks`` (one batch each) with ``spec``'s model where it is,
-    and hand them to ``writer``."""
+    and hand them to ``writer``; the loader's workers start as ``multiprocessing_context``
+    says (``DataLoader``'s argument; default: the platform's)."""
     if not chunks:
         return
     explainer = spec.build()
     try:
-        _explain_batches(explainer, reader, chunks, writer, num_workers, on_batch)
+        loader = make_loader(
+            reader, chunks, num_workers, explainer.device.type == "cuda", multiprocessing_context
+        )
+        _explain_batches(explainer, loader, writer, on_batch)
     finally:
         explainer.close()
 
 
 def make_loader(
-    reader: SampleReader, chunks: Sequence[Sequence[int]], num_workers: int, pin_memory: bool
+    reader: SampleReader,
+    chunks: Sequence[Sequence[int]],
+    num_workers: int,
+    pin_memory: bool,
+    multiprocessing_context: str | None = None,
 ) -> DataLoader:
     """The engine's ``DataLoader``: one ``LoadedBatch`` per chunk of rows, read by
     ``num_workers`` processes (0: in this one)."""
@@ -56,18 +65,13 @@ def make_loader(
         pin_memory=pin_memory,
         prefetch_factor=2 if num_workers else None,
         worker_init_fn=_one_opencv_thread,
+        multiprocessing_context=multiprocessing_context if num_workers else None,
     )
 
 
 def _explain_batches(
-    explainer: BatchExplainer,
-    reader: SampleReader,
-    chunks: Sequence[Sequence[int]],
-    writer: BackgroundWriter,
-    num_workers: int,
-    on_batch: BatchCallback,
+    explainer: BatchExplainer, loader: DataLoader, writer: BackgroundWriter, on_batch: BatchCallback
 ) -> None:
-    loader = make_loader(reader, chunks, num_workers, explainer.device.type == "cuda")
     done = 0
     for batch in loader:
         writer.add(explainer.explain(batch))
