@@ -1,7 +1,8 @@
 """ReciproCAM and GScoreCAM on hand-set features (the map written down in the test), and
-on real architectures built from configs: ViT-ReciproCAM on timm's and torchvision's
-vision transformers against a reference that runs the whole model once per mask, and
-both methods on CNNs: shape, finite, [0, 1]."""
+on real architectures built from configs: ViT-ReciproCAM on timm's, torchvision's and
+Hugging Face's vision transformers against a reference that runs the whole model once
+per mask, GScoreCAM on the same ViTs against ScoreCAM, and both methods on CNNs: shape,
+finite, [0, 1]."""
 
 from __future__ import annotations
 
@@ -179,10 +180,27 @@ def torchvision_vit() -> nn.Module:
     return model
 
 
+def hugging_face_vit() -> nn.Module:
+    transformers = pytest.importorskip("transformers")
+    config = transformers.ViTConfig(
+        image_size=32,
+        patch_size=8,
+        hidden_size=24,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=48,
+        num_labels=5,
+    )
+    return transformers.ViTForImageClassification(config)
+
+
 def entering_last_block(model: nn.Module) -> nn.Module:
     """The layer whose output is the tokens the last block receives (ViT-ReciproCAM)."""
     if isinstance(model, torchvision.models.VisionTransformer):
         return model.encoder.layers[-2]
+    if hasattr(model, "vit"):  # Hugging Face; ``vit.encoder.layer`` before transformers 5
+        vit = model.vit
+        return (vit.layers if hasattr(vit, "layers") else vit.encoder.layer)[-2]
     return model.blocks[-2]
 
 
@@ -210,11 +228,16 @@ def reference_vit_scores(model, layer, x, targets):
                     output = model(x[image : image + 1])
             finally:
                 handle.remove()
+            output = getattr(output, "logits", output)  # a Hugging Face ModelOutput
             scores[image, position] = targets[image](output[0])
     return scores.view(-1, 4, 4)
 
 
-@pytest.mark.parametrize("factory", [timm_deit, torchvision_vit], ids=["timm", "torchvision"])
+@pytest.mark.parametrize(
+    "factory",
+    [timm_deit, torchvision_vit, hugging_face_vit],
+    ids=["timm", "torchvision", "hugging_face"],
+)
 def test_vit_recipro_cam_matches_the_reference_on_real_vits(factory):
     model = seeded(factory).double()
     layer = entering_last_block(model)
@@ -234,9 +257,44 @@ def test_vit_recipro_cam_matches_the_reference_on_real_vits(factory):
         mode="bilinear",
     )[:, 0]
     assert maps.shape == (2, 32, 32) and expected.abs().max() > 1e-4
-    if cam.tail_paths != [TAIL_PATH]:
+    # torch.fx cannot trace Hugging Face's ViT (control flow on traced values): the whole
+    # model runs per batch of masks instead (same maps, slower).
+    if factory is not hugging_face_vit and cam.tail_paths != [TAIL_PATH]:
         pytest.fail(f"the tail was not used: {cam.tail_paths}")
     torch.testing.assert_close(maps, expected, rtol=0, atol=1e-5 * float(expected.abs().max()))
+
+
+def last_block_tokens(model: nn.Module) -> nn.Module:
+    """The usual GradCAM-style layer of a ViT: the last block's first normalisation."""
+    if isinstance(model, torchvision.models.VisionTransformer):
+        return model.encoder.layers[-1].ln_1
+    if hasattr(model, "vit"):
+        vit = model.vit
+        return (vit.layers if hasattr(vit, "layers") else vit.encoder.layer)[-1].layernorm_before
+    return model.blocks[-1].norm1
+
+
+@pytest.mark.parametrize(
+    "factory",
+    [timm_deit, torchvision_vit, hugging_face_vit],
+    ids=["timm", "torchvision", "hugging_face"],
+)
+def test_gscore_cam_on_real_vits_is_score_cam_over_its_top_channels(factory):
+    model = seeded(factory)
+    layer = last_block_tokens(model)
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    targets = [ClassifierOutputTarget(1), ClassifierOutputTarget(3)]
+    options = {
+        "reshape_transform": lambda t: vit_reshape_transform(t, height=4, width=4),
+        "batch_size": 8,
+    }
+    top = GScoreCAM(model, [layer], topk=6, **options)(x, targets, as_tensor=True)
+    assert top.shape == (2, 32, 32) and torch.isfinite(top).all()
+    assert top.min() >= 0 and top.flatten(1).amax(dim=1).tolist() == [1.0, 1.0]
+    every = GScoreCAM(model, [layer], topk=24, **options)(x, targets, as_tensor=True)
+    expected = ScoreCAM(model, [layer], **options)(x, targets, as_tensor=True)
+    torch.testing.assert_close(every, expected, rtol=0, atol=1e-6)  # 24 channels: all kept
+    assert (top - every).abs().max() > 1e-3  # 6 of 24 channels: another map
 
 
 # --------------------------------------------------------------------- CNNs from configs
