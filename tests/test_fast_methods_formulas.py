@@ -1,8 +1,8 @@
 """ReciproCAM and GScoreCAM on hand-set features (the map written down in the test), and
 on real architectures built from configs: ViT-ReciproCAM on timm's, torchvision's and
-Hugging Face's vision transformers against a reference that runs the whole model once
-per mask, GScoreCAM on the same ViTs against ScoreCAM, and both methods on CNNs: shape,
-finite, [0, 1]."""
+Hugging Face's vision transformers and on CLIP's image encoder (text prompts as targets)
+against a reference that runs the whole model once per mask, GScoreCAM on the same ViTs
+against ScoreCAM, and both methods on CNNs: shape, finite, [0, 1]."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from pytorch_grad_cam.tail_runs import TAIL_PATH
 from pytorch_grad_cam.utils.model_targets import (
     ClassifierOutputSoftmaxTarget,
     ClassifierOutputTarget,
+    SimilarityToConceptTarget,
 )
 from pytorch_grad_cam.utils.reshape_transforms import vit_reshape_transform
 
@@ -261,6 +262,33 @@ def test_vit_recipro_cam_matches_the_reference_on_real_vits(factory):
     # model runs per batch of masks instead (same maps, slower).
     if factory is not hugging_face_vit and cam.tail_paths != [TAIL_PATH]:
         pytest.fail(f"the tail was not used: {cam.tail_paths}")
+    torch.testing.assert_close(maps, expected, rtol=0, atol=1e-5 * float(expected.abs().max()))
+
+
+def test_vit_recipro_cam_on_clips_image_encoder_with_text_prompts():
+    pytest.importorskip("transformers")
+    from attention_models import ImageEmbedding, clip_model, text_embedding
+
+    clip = clip_model().double()
+    model = ImageEmbedding(clip).eval()
+    layer = clip.vision_model.encoder.layers[-2]
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    prompts = [[0, 5, 7, 1], [0, 9, 3, 1]]  # one prompt per image
+    targets = [SimilarityToConceptTarget(text_embedding(clip, ids)) for ids in prompts]
+    cam = ReciproCAM(
+        model,
+        [layer],
+        reshape_transform=lambda t: vit_reshape_transform(t, height=4, width=4),
+        batch_size=8,
+    )
+    maps = cam(x, targets, scale=False, as_tensor=True)
+    scores = reference_vit_scores(model, layer, x, targets)
+    expected = nn.functional.interpolate(
+        (scores - scores.flatten(1).min(dim=1).values[:, None, None])[:, None].float(),
+        size=(32, 32),
+        mode="bilinear",
+    )[:, 0]
+    assert expected.abs().max() > 1e-4
     torch.testing.assert_close(maps, expected, rtol=0, atol=1e-5 * float(expected.abs().max()))
 
 
