@@ -373,6 +373,7 @@ def assert_unchanged(before: dict, after: dict) -> None:
     assert {k: v for k, v in after.items() if k != "tensors"} == {
         k: v for k, v in before.items() if k != "tensors"
     }
+    assert after["tensors"].keys() == before["tensors"].keys()
     for key, value in before["tensors"].items():
         assert torch.equal(value, after["tensors"][key]), key
 

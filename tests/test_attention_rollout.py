@@ -11,8 +11,8 @@ import pytest
 import timm
 import torch
 import torch.nn.functional as F
+from attention_models import assert_unchanged, model_state
 from conftest import GapLinearNet
-from helpers import HOOK_DICTS
 from torch import nn
 from torchvision.models.vision_transformer import VisionTransformer
 from transformers import ViTConfig, ViTForImageClassification
@@ -167,31 +167,6 @@ def test_maps_are_resized_bilinearly_to_the_input():
 
 
 # --------------------------------------------------------------------- model state
-def model_state(model: nn.Module) -> dict:
-    modules = list(model.modules())
-    return {
-        "training": [m.training for m in modules],
-        "attributes": [sorted(vars(m)) for m in modules],
-        "hooks": [list(getattr(m, d, {})) for m in modules for d in HOOK_DICTS],
-        "fused_attn": [getattr(m, "fused_attn", None) for m in modules],
-        "attn_implementation": [
-            getattr(getattr(m, "config", None), "_attn_implementation", None) for m in modules
-        ],
-        "requires_grad": [p.requires_grad for p in model.parameters()],
-        "grads": [p.grad is None for p in model.parameters()],
-        "tensors": {k: v.clone() for k, v in model.state_dict().items()},
-    }
-
-
-def assert_unchanged(before: dict, after: dict) -> None:
-    assert {k: v for k, v in after.items() if k != "tensors"} == {
-        k: v for k, v in before.items() if k != "tensors"
-    }
-    assert after["tensors"].keys() == before["tensors"].keys()
-    for key, value in before["tensors"].items():
-        assert torch.equal(value, after["tensors"][key]), key
-
-
 def in_mixed_training_mode(model: nn.Module, blocks) -> nn.Module:
     """Training mode but for the first block: every module's flag must come back."""
     model.train()

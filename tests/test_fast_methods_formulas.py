@@ -234,6 +234,13 @@ def reference_vit_scores(model, layer, x, targets):
     return scores.view(-1, 4, 4)
 
 
+def unscaled_map(scores: torch.Tensor) -> torch.Tensor:
+    """ReciproCAM's ``scale=False`` map of ``B x 4 x 4`` scores: shifted by each image's
+    minimum and resized bilinearly to the 32 x 32 input (float32)."""
+    shifted = scores - scores.flatten(1).min(dim=1).values[:, None, None]
+    return nn.functional.interpolate(shifted[:, None].float(), size=(32, 32), mode="bilinear")[:, 0]
+
+
 @pytest.mark.parametrize(
     "factory",
     [timm_deit, torchvision_vit, hugging_face_vit],
@@ -252,11 +259,7 @@ def test_vit_recipro_cam_matches_the_reference_on_real_vits(factory):
     )
     maps = cam(x, targets, scale=False, as_tensor=True)
     scores = reference_vit_scores(model, layer, x, targets)
-    expected = nn.functional.interpolate(
-        (scores - scores.flatten(1).min(dim=1).values[:, None, None])[:, None].float(),
-        size=(32, 32),
-        mode="bilinear",
-    )[:, 0]
+    expected = unscaled_map(scores)
     assert maps.shape == (2, 32, 32) and expected.abs().max() > 1e-4
     # torch.fx cannot trace Hugging Face's ViT (control flow on traced values): the whole
     # model runs per batch of masks instead (same maps, slower).
@@ -283,11 +286,7 @@ def test_vit_recipro_cam_on_clips_image_encoder_with_text_prompts():
     )
     maps = cam(x, targets, scale=False, as_tensor=True)
     scores = reference_vit_scores(model, layer, x, targets)
-    expected = nn.functional.interpolate(
-        (scores - scores.flatten(1).min(dim=1).values[:, None, None])[:, None].float(),
-        size=(32, 32),
-        mode="bilinear",
-    )[:, 0]
+    expected = unscaled_map(scores)
     assert expected.abs().max() > 1e-4
     torch.testing.assert_close(maps, expected, rtol=0, atol=1e-5 * float(expected.abs().max()))
 
