@@ -13,6 +13,7 @@ import zarr
 from torch import nn
 
 from pytorch_grad_cam import GradCAM
+from pytorch_grad_cam.batch import explain_dataset
 from pytorch_grad_cam.cli import Explainable, read_image, to_input_tensor
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
@@ -95,3 +96,23 @@ def softmax(scores: np.ndarray) -> np.ndarray:
     """Row-wise softmax."""
     shifted = np.exp(scores - scores.max(axis=1, keepdims=True))
     return shifted / shifted.sum(axis=1, keepdims=True)
+
+
+def run_tiny_job(folder: Path, out: Path, batch_size: int = 3, **options):
+    """``explain_dataset`` with GradCAM on ``tiny_cnn()`` in this process (no loader
+    workers, no progress bar); ``options`` are passed on."""
+    model = tiny_cnn()
+    return explain_dataset(
+        model,
+        folder,
+        out,
+        GradCAM,
+        [model[3]],
+        image_size=SIZE,
+        mean=MEAN,
+        std=STD,
+        batch_size=batch_size,
+        num_workers=0,
+        progress=False,
+        **options,
+    )

@@ -14,18 +14,15 @@ import pytest
 import torch
 from batch_helpers import (
     FLOAT16_ATOL,
-    MEAN,
-    SIZE,
-    STD,
     model_input,
     read_store,
     reference,
+    run_tiny_job,
     tiny_cnn,
     write_image_folder,
 )
 
-from pytorch_grad_cam import GradCAM
-from pytorch_grad_cam.batch import RayOptions, explain_dataset
+from pytorch_grad_cam.batch import RayOptions
 from pytorch_grad_cam.batch.store import MapStore
 
 ray = pytest.importorskip("ray")
@@ -41,23 +38,7 @@ def ray_cluster():
 
 
 def run(folder, out, **options):
-    model = tiny_cnn()
-    return explain_dataset(
-        model,
-        folder,
-        out,
-        GradCAM,
-        [model[3]],
-        image_size=SIZE,
-        mean=MEAN,
-        std=STD,
-        batch_size=3,
-        num_workers=0,
-        progress=False,
-        metrics=["deletion"],
-        metric_steps=4,
-        **options,
-    )
+    return run_tiny_job(folder, out, metrics=["deletion"], metric_steps=4, **options)
 
 
 def test_the_ray_engine_finishes_a_store_as_the_local_engine_would(

@@ -18,10 +18,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from batch_helpers import MEAN, SIZE, STD, read_store, tiny_cnn, write_image_folder
+from batch_helpers import read_store, run_tiny_job, write_image_folder
 
-from pytorch_grad_cam import GradCAM
-from pytorch_grad_cam.batch import explain_dataset
 from pytorch_grad_cam.batch.store import MapStore
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -44,21 +42,7 @@ explain_dataset(model, sys.argv[1], sys.argv[2], GradCAM, [model[3]], image_size
 
 
 def run(folder: Path, out: Path, **options):
-    model = tiny_cnn()
-    return explain_dataset(
-        model,
-        folder,
-        out,
-        GradCAM,
-        [model[3]],
-        image_size=SIZE,
-        mean=MEAN,
-        std=STD,
-        batch_size=BATCH,
-        num_workers=0,
-        progress=False,
-        **options,
-    )
+    return run_tiny_job(folder, out, batch_size=BATCH, **options)
 
 
 @pytest.fixture(scope="module")
