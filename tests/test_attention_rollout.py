@@ -11,7 +11,7 @@ import pytest
 import timm
 import torch
 import torch.nn.functional as F
-from attention_models import assert_unchanged, model_state
+from attention_models import FixedAttention, assert_unchanged, model_state
 from conftest import GapLinearNet
 from torch import nn
 from torchvision.models.vision_transformer import VisionTransformer
@@ -106,17 +106,6 @@ def test_discard_ratio_zeroes_each_images_lowest_entries_but_never_the_class_tok
 
 
 # --------------------------------------------------------------------- injected attentions
-class InjectedAttention(nn.Module):
-    """Returns fixed attention probabilities (heads x N x N) for every image."""
-
-    def __init__(self, probabilities: torch.Tensor):
-        super().__init__()
-        self.register_buffer("probabilities", probabilities)
-
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self.probabilities.expand(tokens.shape[0], -1, -1, -1)
-
-
 class InjectedModel(nn.Module):
     """A class token, then one token per ``patch x patch`` patch (its mean); each layer
     mixes the tokens with its injected attention (plus the residual)."""
@@ -124,8 +113,8 @@ class InjectedModel(nn.Module):
     def __init__(self, probabilities: list[torch.Tensor], patch: int = 1):
         super().__init__()
         self.patch = patch
-        self.layers = nn.ModuleList(InjectedAttention(p) for p in probabilities)
-        self.unused = InjectedAttention(probabilities[0])
+        self.layers = nn.ModuleList(FixedAttention(p) for p in probabilities)
+        self.unused = FixedAttention(probabilities[0])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         tokens = F.avg_pool2d(x, self.patch).flatten(2).transpose(1, 2)
@@ -465,7 +454,7 @@ def test_attention_layers_must_be_modules_of_the_model_that_run():
     with pytest.raises(TypeError, match=r"pass attention_layers=\[layer\]"):
         AttentionRollout(model, model.layers[0])
     cam = AttentionRollout(model, [model.layers[0], model.unused])
-    message = r"attention_layers\[1\] \(InjectedAttention\) recorded no attention"
+    message = r"attention_layers\[1\] \(FixedAttention\) recorded no attention"
     with pytest.raises(ValueError, match=message):
         cam(torch.randn(1, 3, 2, 3))
     cam = AttentionRollout(model, [model])  # outputs B x 3 tokens, not probabilities
